@@ -1,0 +1,113 @@
+"""Loading VIDB items: the shipped seed, and the upstream formats.
+
+Upstream formats:
+
+* per-value CSV ``{value}_{theory}_flag_aggregated.csv`` with columns ``text,final_rating``;
+* few-shot JSON ``{value: {"-2"|"-1"|"1"|"2": [{"text": ..., "intensity": ...}]}}``.
+
+A file is validated completely before any row is written, and written in one transaction per value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+from scheduler.inputs import InputError
+from schemas.seed import seed_vidb
+from schemas.taxonomy import default_taxonomy
+
+Rows = dict[str, list[tuple[str, float]]]
+
+
+def _intensity(raw, where: str) -> float:
+    try:
+        x = float(raw)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: not a number: {raw!r}") from None
+    if not math.isfinite(x) or not -10 <= x <= 10:
+        raise InputError(f"{where}: intensity {x!r} outside [-10, 10]")
+    return x
+
+
+def _value_key(name: str, where: str) -> str:
+    try:
+        v = default_taxonomy().get(name)
+    except KeyError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    if not v.steerable:
+        raise InputError(f"{where}: value {name!r} is not one of the 32 steerable values")
+    return v.key
+
+
+def read_vidb_csv(path: Path, value: str | None = None) -> Rows:
+    """``text,final_rating`` (or ``text,intensity``); the value comes from the file name or ``value``."""
+    if value is None:
+        m = re.match(r"(.+?)_(pvq|mft|duty|right)(?:_.*)?$", path.stem)
+        if not m:
+            raise InputError(f"{path}: cannot tell the value from the file name; pass --value")
+        value = m.group(1)
+    key = _value_key(value, str(path))
+    rows: list[tuple[str, float]] = []
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        score_col = "final_rating" if "final_rating" in cols else "intensity" if "intensity" in cols else None
+        if "text" not in cols or score_col is None:
+            raise InputError(f"{path}:1: header must have 'text' and 'final_rating' columns, has {cols}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            text = (row.get("text") or "").strip()
+            if not text:
+                raise InputError(f"{where}: field 'text': empty text")
+            rows.append((text, _intensity(row.get(score_col), f"{where}: field {score_col!r}")))
+    return {key: rows}
+
+
+def read_vidb_json(path: Path) -> Rows:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected an object keyed by value")
+    out: Rows = {}
+    for value, bins in raw.items():
+        key = _value_key(value, f"{path}: value {value!r}")
+        if not isinstance(bins, dict):
+            raise InputError(f"{path}: value {value!r}: expected an object of bins")
+        for b, items in bins.items():
+            for i, item in enumerate(items):
+                where = f"{path}: {value}[{b}][{i}]"
+                if not isinstance(item, dict) or not str(item.get("text") or "").strip():
+                    raise InputError(f"{where}: field 'text': missing or empty")
+                out.setdefault(key, []).append(
+                    (item["text"].strip(), _intensity(item.get("intensity"), f"{where}: field 'intensity'")))
+    return out
+
+
+def read_vidb(path: str | Path, value: str | None = None) -> Rows:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix.lower() == ".json":
+        return read_vidb_json(path)
+    if path.suffix.lower() == ".csv":
+        return read_vidb_csv(path, value)
+    raise InputError(f"{path}: unsupported VIDB format; expected .csv (text,final_rating) or .json (few-shot)")
+
+
+async def import_rows(store, rows: Rows, source: str) -> dict[str, int]:
+    """Insert rows; returns new items per value (existing (value, text) pairs are kept)."""
+    return {value: await store.add_vidb_items(value, [t for t, _ in items], [x for _, x in items], source)
+            for value, items in rows.items()}
+
+
+async def ensure_seed(store) -> dict[str, int]:
+    """Give every steerable value without VIDB items the shipped seed items."""
+    have = await store.vidb_counts()
+    missing = {v: rows for v, rows in seed_vidb().items() if have.get(v, 0) == 0}
+    return await import_rows(store, missing, "seed") if missing else {}

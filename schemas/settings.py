@@ -1,0 +1,103 @@
+"""Runtime configuration, read from the environment (``VALUEFLOW_*``) and validated up front.
+
+A bad value stops the program with one line that names the variable, never a traceback from deep
+inside a driver.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import platformdirs
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names the variable."""
+
+
+_DB_SCHEMES = {"postgresql", "postgres"}
+_BROKER_SCHEMES = {"redis", "rediss", "redis+socket"}
+
+
+def _check_url(var: str, url: str, schemes: set[str]) -> str:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError as exc:
+        raise ConfigError(f"{var}: not a valid URL ({exc}): {redact(url)!r}") from None
+    if parts.scheme not in schemes:
+        want = " or ".join(f"{s}://" for s in sorted(schemes))
+        raise ConfigError(f"{var}: expected a {want} URL, got {redact(url)!r}")
+    if parts.scheme != "redis+socket" and not parts.hostname and "host=" not in parts.query:
+        raise ConfigError(f"{var}: URL has no host: {redact(url)!r}")
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable>"
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _int(var: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(var)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{var}: expected an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{var}: must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    broker_url: str | None
+    home: Path
+    judges_file: Path | None
+    chunk_size: int  # windows per judge task
+    max_redeliveries: int  # a chunk started more often than this is failed, not retried forever
+    visibility_timeout: int  # seconds; longer than the longest task
+
+    @property
+    def embedded(self) -> bool:
+        """True when no servers are configured and the private ones under ``home`` are used."""
+        return self.database_url is None and self.broker_url is None
+
+
+def load_settings() -> Settings:
+    """Read and validate every ``VALUEFLOW_*`` variable."""
+    db = os.environ.get("VALUEFLOW_DATABASE_URL") or None
+    broker = os.environ.get("VALUEFLOW_BROKER_URL") or None
+    if db is not None:
+        _check_url("VALUEFLOW_DATABASE_URL", db, _DB_SCHEMES)
+    if broker is not None:
+        _check_url("VALUEFLOW_BROKER_URL", broker, _BROKER_SCHEMES)
+    if (db is None) != (broker is None):
+        missing = "VALUEFLOW_BROKER_URL" if broker is None else "VALUEFLOW_DATABASE_URL"
+        raise ConfigError(f"{missing}: must be set too (set both URLs, or neither for the embedded default)")
+    home = Path(os.environ.get("VALUEFLOW_HOME") or platformdirs.user_data_dir("valueflow"))
+    judges = os.environ.get("VALUEFLOW_JUDGES_FILE")
+    if judges and not Path(judges).is_file():
+        raise ConfigError(f"VALUEFLOW_JUDGES_FILE: no such file: {judges}")
+    return Settings(
+        database_url=db,
+        broker_url=broker,
+        home=home,
+        judges_file=Path(judges) if judges else None,
+        chunk_size=_int("VALUEFLOW_CHUNK_SIZE", 256),
+        max_redeliveries=_int("VALUEFLOW_MAX_REDELIVERIES", 5),
+        visibility_timeout=_int("VALUEFLOW_VISIBILITY_TIMEOUT", 4 * 3600, minimum=60),
+    )

@@ -1,0 +1,220 @@
+r"""Anchored Plackett–Luce scoring: utilities of new items ranked among anchors of fixed utility.
+
+Each window holds one free item (the scored text) and k−1 anchors with known utilities
+:math:`u`. Windows are given in rank order (most to least supporting) as an array ``u`` of shape
+``(W, k)`` holding the anchors' utilities and ``NaN`` where the free item was ranked (position
+:math:`q_w`). For an item with utility :math:`\theta` the window log-likelihood is, up to a
+constant,
+
+.. math:: \ell_w(\theta) = [q_w \le k-2]\,\theta - \sum_{s=0}^{\min(q_w,k-2)}
+          \log\!\big(e^{\theta} + R_{ws}\big),\qquad R_{ws} = \sum_{l\ge s,\,l\ne q_w} e^{u_{wl}},
+
+and the MAP utility with prior :math:`\mathcal N(0, 1/\lambda)` is the root of the score equation
+
+.. math:: S(\theta) = \sum_w \Big([q_w\le k-2] - \sum_{s\le\min(q_w,k-2)}
+          \sigma(\theta - \log R_{ws})\Big) - \lambda\theta = 0,
+
+strictly decreasing, so the root is unique; it is found for all items at once by safeguarded
+Newton (bisection whenever a Newton step leaves the bracket). The standard error is
+:math:`(-S'(\hat\theta))^{-1/2}`.
+
+Window guard (as in the published evaluator): an item ranked below every anchor in all its windows
+gets ``min(anchors met) − margin``, one above every anchor in all its windows
+``max(anchors met) + margin``, anything else is clamped to ``[min, max]`` of the anchors it met.
+
+Judge scale: a judge that ranks anchors of intensities :math:`x` behaves like PL with
+:math:`u = \beta x`; :func:`fit_judge_scale` estimates :math:`\beta` by maximum likelihood from
+the anchors' order among themselves (the marginal of PL on a subset is PL), so a sharp and a
+noisy judge score on one intensity scale (:func:`score_calibrated`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UPSTREAM_PRIOR = 1e-3
+UPSTREAM_BOUNDS = (-20.0, 20.0)
+
+
+@dataclass
+class AnchoredScores:
+    utility: np.ndarray  # (n_items,) after the guard
+    stderr: np.ndarray
+    raw_utility: np.ndarray  # root of the score equation before the guard
+    n_windows: np.ndarray
+    anchor_min: np.ndarray
+    anchor_max: np.ndarray
+    guard: np.ndarray  # -1 below all anchors, +1 above all, 0 otherwise
+
+
+def _validate(item: np.ndarray, u: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    item = np.asarray(item)
+    u = np.asarray(u, dtype=float)
+    if u.ndim != 2 or u.shape[1] < 2:
+        raise ValueError(f"anchor utilities: expected shape (windows, k>=2), got {u.shape}")
+    if u.shape[0] == 0:
+        raise ValueError("anchor utilities: empty input (no windows)")
+    if item.shape != (u.shape[0],):
+        raise ValueError(f"item: expected shape ({u.shape[0]},), got {item.shape}")
+    if item.dtype.kind not in "iu":
+        raise ValueError("item: expected integer indices")
+    bad = np.flatnonzero((item < 0) | (item >= n_items))
+    if bad.size:
+        raise ValueError(f"item: row {bad[0]} has index {item[bad[0]]} outside [0, {n_items})")
+    free = np.isnan(u)
+    nfree = free.sum(axis=1)
+    bad = np.flatnonzero(nfree != 1)
+    if bad.size:
+        raise ValueError(f"anchor utilities: row {bad[0]} must mark exactly one free position with NaN, has {nfree[bad[0]]}")
+    bad = np.flatnonzero(np.isinf(u).any(axis=1))
+    if bad.size:
+        raise ValueError(f"anchor utilities: row {bad[0]} holds an infinite utility")
+    return item.astype(np.intp), u
+
+
+def _log_rest(u: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log R_{ws} for live stages s <= min(q, k-2); mask of live stages; win indicator."""
+    W, k = u.shape
+    ua = np.where(np.isnan(u), -np.inf, u)
+    shift = ua.max(axis=1, keepdims=True)
+    e = np.exp(ua - shift)
+    R = np.cumsum(e[:, ::-1], axis=1)[:, ::-1][:, : k - 1]  # R_s = sum_{l>=s, l!=q} e_l
+    s = np.arange(k - 1)[None, :]
+    live = s <= np.minimum(q, k - 2)[:, None]
+    with np.errstate(divide="ignore"):
+        logR = np.where(live, np.log(R) + shift, np.inf)
+    win = (q <= k - 2).astype(float)
+    return logR, live, win
+
+
+def score_equation(theta_w: np.ndarray, logR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window Σ_s σ(θ − log R_s) and Σ_s σ(1−σ) (dead stages have log R = +inf → σ = 0)."""
+    z = theta_w[:, None] - logR
+    sig = 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+    return sig.sum(axis=1), (sig * (1.0 - sig)).sum(axis=1)
+
+
+def score_anchored(item, u, n_items: int | None = None, prior: float = UPSTREAM_PRIOR,
+                   bounds: tuple[float, float] = UPSTREAM_BOUNDS, guard: bool = True,
+                   guard_margin: float = 0.5, tol: float = 1e-10, max_iter: int = 100) -> AnchoredScores:
+    """MAP utility and standard error of every free item; see the module docstring."""
+    if n_items is None:
+        n_items = int(np.max(item)) + 1 if len(item) else 0
+    item, u = _validate(item, u, n_items)
+    if not np.isfinite(prior) or prior < 0:
+        raise ValueError(f"prior: must be finite and >= 0, got {prior!r}")
+    lo_b, hi_b = map(float, bounds)
+    q = np.argmax(np.isnan(u), axis=1)
+    logR, _, win = _log_rest(u, q)
+    wins = np.bincount(item, weights=win, minlength=n_items)
+    nwin = np.bincount(item, minlength=n_items)
+
+    lo = np.full(n_items, lo_b)
+    hi = np.full(n_items, hi_b)
+    theta = np.clip(np.zeros(n_items), lo, hi)
+    for _ in range(max_iter):
+        s1, s2 = score_equation(theta[item], logR)
+        S = wins - np.bincount(item, weights=s1, minlength=n_items) - prior * theta
+        dS = -np.bincount(item, weights=s2, minlength=n_items) - prior
+        lo = np.where(S > 0, theta, lo)
+        hi = np.where(S < 0, theta, hi)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            newton = theta - S / dS
+        inside = np.isfinite(newton) & (newton > lo) & (newton < hi)
+        nxt = np.where(inside, newton, 0.5 * (lo + hi))
+        nxt = np.where(S == 0, theta, nxt)
+        done = np.abs(nxt - theta) < tol
+        theta = nxt
+        if done.all():
+            break
+    raw = theta.copy()
+
+    ua = np.where(np.isnan(u), np.nan, u)
+    amin = np.full(n_items, np.inf)
+    amax = np.full(n_items, -np.inf)
+    np.minimum.at(amin, item, np.nanmin(ua, axis=1))
+    np.maximum.at(amax, item, np.nanmax(ua, axis=1))
+    k = u.shape[1]
+    last = np.bincount(item, weights=(q == k - 1).astype(float), minlength=n_items)
+    first = np.bincount(item, weights=(q == 0).astype(float), minlength=n_items)
+    gflag = np.zeros(n_items, dtype=np.int8)
+    seen = nwin > 0
+    gflag[seen & (last == nwin)] = -1
+    gflag[seen & (first == nwin)] = 1
+    if guard:
+        theta = np.where(gflag == -1, amin - guard_margin,
+                         np.where(gflag == 1, amax + guard_margin, np.clip(theta, amin, amax)))
+        theta = np.where(seen, theta, raw)
+    s1, s2 = score_equation(theta[item], logR)
+    info = np.bincount(item, weights=s2, minlength=n_items) + prior
+    with np.errstate(divide="ignore"):
+        se = 1.0 / np.sqrt(info)
+    return AnchoredScores(theta, se, raw, nwin, amin, amax, gflag)
+
+
+def fit_judge_scale(x, max_iter: int = 50, tol: float = 1e-10) -> tuple[float, float]:
+    r"""ML judge sharpness :math:`\beta` and its standard error from anchors' mutual order.
+
+    ``x``: ``(W, k)`` anchor intensities in the judge's rank order; ``NaN`` entries (the scored
+    item, or missing anchors) are dropped, keeping the anchors' relative order. Log-likelihood
+    :math:`\ell(\beta)=\sum_w\sum_s[\beta x_s-\log\sum_{l\ge s}e^{\beta x_l}]` is concave;
+    :math:`\ell'=\sum(x_s-\mathbb E_s x)`, :math:`\ell''=-\sum\mathrm{Var}_s x`.
+    """
+    x = np.asarray(x, dtype=float)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"anchor intensities: expected a non-empty (windows, k) array, got shape {x.shape}")
+    if np.isinf(x).any():
+        raise ValueError(f"anchor intensities: row {np.flatnonzero(np.isinf(x).any(axis=1))[0]} holds inf")
+    # compact each row: move NaNs to the end, keep order
+    order = np.argsort(np.isnan(x), axis=1, kind="stable")
+    xs = np.take_along_axis(x, order, axis=1)
+    n = (~np.isnan(xs)).sum(axis=1)
+    xs = xs[n >= 2]
+    n = n[n >= 2]
+    if xs.shape[0] == 0:
+        raise ValueError("anchor intensities: no window ranks two or more anchors")
+    k = xs.shape[1]
+    valid = ~np.isnan(xs)
+    xz = np.where(valid, xs, 0.0)
+    live = np.arange(k)[None, :] <= (n[:, None] - 2)
+    beta = 1.0
+    for _ in range(max_iter):
+        z = np.where(valid, beta * xz, -np.inf)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        Z = np.cumsum(e[:, ::-1], axis=1)[:, ::-1]
+        ex = np.cumsum((e * xz)[:, ::-1], axis=1)[:, ::-1] / Z
+        ex2 = np.cumsum((e * xz * xz)[:, ::-1], axis=1)[:, ::-1] / Z
+        g = float(np.where(live, xz - ex, 0.0).sum())
+        h = float(np.where(live, ex2 - ex * ex, 0.0).sum())
+        if h <= 0:
+            raise ValueError("anchor intensities: all anchors in every window share one intensity; β is not identified")
+        step = g / h
+        new = beta + step
+        if new <= 0:
+            new = beta / 2  # β must stay positive: a judge that inverts the scale is not usable
+        if abs(new - beta) < tol:
+            beta = new
+            break
+        beta = new
+    return beta, 1.0 / np.sqrt(h)
+
+
+def score_calibrated(item, x, beta: float, beta_se: float = 0.0, n_items: int | None = None,
+                     prior: float = UPSTREAM_PRIOR, guard_margin: float = 0.5) -> tuple[np.ndarray, np.ndarray, AnchoredScores]:
+    r"""Score in intensity units: anchors get :math:`u=\beta x`; intensity :math:`\hat\theta/\beta`.
+
+    Standard error by the delta method,
+    :math:`\mathrm{se}^2 = \mathrm{se}_\theta^2/\beta^2 + (\hat\theta/\beta)^2\,\mathrm{se}_\beta^2/\beta^2`.
+    The guard margin is given in intensity units.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta: must be > 0, got {beta!r}")
+    res = score_anchored(item, np.asarray(x, float) * beta, n_items=n_items, prior=prior,
+                         bounds=(UPSTREAM_BOUNDS[0] * beta, UPSTREAM_BOUNDS[1] * beta),
+                         guard_margin=guard_margin * beta)
+    intensity = res.utility / beta
+    se = np.sqrt((res.stderr / beta) ** 2 + (intensity * beta_se / beta) ** 2)
+    return intensity, se, res

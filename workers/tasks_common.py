@@ -1,0 +1,27 @@
+"""Helpers the per-queue task modules share: judge lookup and the judge-then-score hand-off."""
+
+from __future__ import annotations
+
+from schemas.messages import ChunkTask
+from schemas.settings import load_settings
+from workers import runtime
+from workers.judging import judge_chunk
+from workers.judges.registry import make_judge
+
+
+def judge_and_hand_off(job_id: str, chunk_no: int, judge_name: str | None = None) -> dict:
+    """Judge one chunk, then queue its scoring on ``refit``."""
+    msg = ChunkTask(job_id=job_id, chunk_no=chunk_no)
+    store = runtime.store()
+    if judge_name is None:
+        job = runtime.run(store.job(msg.job_id))
+        if job is None:
+            return {"state": "skipped"}
+        judge_name = job["spec"]["judge"]
+    judge = runtime.cached(f"judge:{judge_name}", lambda: make_judge(judge_name, store))
+    outcome = runtime.run(judge_chunk(store, judge, msg.job_id, msg.chunk_no, load_settings().max_redeliveries))
+    if outcome.state in ("judged", "failed"):
+        from workers.tasks_refit import score_chunk
+
+        score_chunk.apply_async(kwargs=msg.model_dump(), queue="refit")
+    return outcome.__dict__

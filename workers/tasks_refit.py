@@ -1,0 +1,15 @@
+"""Tasks of the ``refit`` queue: anchored Plackett–Luce scoring (and, next, VIDB refits)."""
+
+from __future__ import annotations
+
+from schemas.messages import ChunkTask
+from workers import runtime
+from workers.celery_app import app
+from workers.scoring import score_chunk as score_chunk_lib
+
+
+@app.task(name="valueflow.refit.score_chunk")
+def score_chunk(job_id: str, chunk_no: int) -> dict:
+    msg = ChunkTask(job_id=job_id, chunk_no=chunk_no)
+    finished = runtime.run(score_chunk_lib(runtime.store(), msg.job_id, msg.chunk_no))
+    return {"job_finished": finished}
