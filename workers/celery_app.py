@@ -65,5 +65,13 @@ def configure(broker_url: str | None = None) -> None:
     """Bind the app to its broker (resolving the embedded default if none is configured)."""
     if broker_url is None:
         _, broker_url = _urls()
+    if app.conf.broker_url == broker_url and app.conf.result_backend == broker_url:
+        return
     app.conf.broker_url = broker_url
     app.conf.result_backend = broker_url
+    # drop connections cached for a previous broker (one process may talk to several, e.g. tests)
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+    app._local.__dict__.pop("backend", None)

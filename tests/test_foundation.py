@@ -1,0 +1,140 @@
+"""Store, migrations, broker round trips and the embedded default, against real servers."""
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from tests.conftest import ROOT, open_test_store, run_cli
+from workers.store import upgrade
+
+
+def _tables(url):
+    async def go():
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
+            versions = await conn.fetch("SELECT version FROM schema_migrations")
+            return {r[0] for r in rows}, [r[0] for r in versions]
+        finally:
+            await conn.close()
+    return asyncio.run(go())
+
+
+def test_migrations_apply_once_and_again_with_no_change(pg_url):
+    async def go():
+        conn = await asyncpg.connect(pg_url)
+        try:
+            first = await upgrade(conn)
+            second = await upgrade(conn)
+            return first, second
+        finally:
+            await conn.close()
+    first, second = asyncio.run(go())
+    assert first == ["0001_init.sql"] and second == []
+    tables, versions = _tables(pg_url)
+    assert {"texts", "vidb_items", "jobs", "windows", "chunks", "comparisons", "judge_cache", "scores",
+            "generations", "embeddings"} <= tables
+    assert versions == [1]
+
+
+def test_two_concurrent_upgrades_from_two_processes(pg_url, env):
+    procs = [subprocess.Popen([sys.executable, "-m", "scheduler.cli", "db", "upgrade"], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert _tables(pg_url)[1] == [1]
+
+
+def _comparisons(n, job="j1"):
+    return [(i, "care-harm", [1, 2, 3], [2, 0, 1], None) for i in range(n)]
+
+
+def test_duplicate_comparison_is_ignored_and_100k_copy_lands_once(pg_url):
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ('j1', 'score', '{}', 'running')")
+            added = await store.record_rankings("j1", "judge-a", _comparisons(3), [])
+            again = await store.record_rankings("j1", "judge-a", _comparisons(3), [])
+            other_judge = await store.record_rankings("j1", "judge-b", _comparisons(1), [])
+            big = await store.record_rankings("j1", "judge-c", _comparisons(100_000), [])
+            big_again = await store.record_rankings("j1", "judge-c", _comparisons(100_000), [])
+            n = await store.pool.fetchval("SELECT count(*) FROM comparisons WHERE judge='judge-c'")
+            distinct = await store.pool.fetchval("SELECT count(DISTINCT window_id) FROM comparisons WHERE judge='judge-c'")
+            row = await store.pool.fetchrow("SELECT item_ids, ranking FROM comparisons WHERE judge='judge-a' AND window_id=1")
+            return added, again, other_judge, big, big_again, n, distinct, row
+        finally:
+            await store.close()
+    added, again, other, big, big_again, n, distinct, row = asyncio.run(go())
+    assert (added, again, other) == (3, 0, 1)
+    assert (big, big_again, n, distinct) == (100_000, 0, 100_000, 100_000)
+    assert list(row["item_ids"]) == [1, 2, 3] and list(row["ranking"]) == [2, 0, 1]
+
+
+def test_texts_are_deduplicated_by_content(pg_url):
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            a = await store.intern_texts(["alpha", "beta", "alpha"])
+            b = await store.intern_texts(["beta", "gamma"])
+            n = await store.pool.fetchval("SELECT count(*) FROM texts")
+            return a, b, n
+        finally:
+            await store.close()
+    a, b, n = asyncio.run(go())
+    assert a[0] == a[2] and a[1] == b[0] and n == 3
+
+
+@pytest.mark.parametrize("queue", ["default", "gpu", "api", "refit"])
+def test_task_round_trip_through_broker_to_worker_subprocess(queue, env, workers):
+    from workers.celery_app import app, configure
+
+    workers.start(queues=queue)
+    configure(env["VALUEFLOW_BROKER_URL"])
+    res = app.send_task("valueflow.ping", kwargs={"payload": f"hello-{queue}"}, queue=queue, ignore_result=False)
+    out = res.get(timeout=120)
+    assert out["payload"] == f"hello-{queue}" and out["queue"] == queue
+    assert out["pid"] != os.getpid()
+
+
+def test_malformed_database_url_gives_one_line_error(tmp_path):
+    e = os.environ.copy()
+    e.update(VALUEFLOW_DATABASE_URL="mysql://nowhere", VALUEFLOW_BROKER_URL="redis://127.0.0.1:6379/0")
+    res = run_cli(["status"], e)
+    assert res.returncode != 0
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "VALUEFLOW_DATABASE_URL" in err and "Traceback" not in err
+    e["VALUEFLOW_DATABASE_URL"] = "postgresql://host:notaport/db"
+    res = run_cli(["jobs", "list"], e)
+    assert res.returncode != 0 and "VALUEFLOW_DATABASE_URL" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_embedded_default_starts_serves_is_reused_and_stops(tmp_path):
+    e = os.environ.copy()
+    for var in ("VALUEFLOW_DATABASE_URL", "VALUEFLOW_BROKER_URL"):
+        e.pop(var, None)
+    home = tmp_path / "state"
+    e["VALUEFLOW_HOME"] = str(home)
+    try:
+        first = run_cli(["up"], e, check=True)
+        assert (home / "pgdata" / "PG_VERSION").exists()
+        # a round trip through the embedded broker and database: the main job on two texts
+        inp = tmp_path / "in.jsonl"
+        inp.write_text('{"id": "a", "text": "I helped my neighbour carry her shopping."}\n'
+                       '{"id": "b", "text": "I stole from my best friend."}\n')
+        out = tmp_path / "out.csv"
+        run_cli(["score", str(inp), "--value", "benevolence", "--wait", "-o", str(out)], e, check=True, timeout=600)
+        lines = out.read_text().splitlines()
+        assert lines[0].startswith("id,value,intensity") and len(lines) == 3
+        second = run_cli(["up"], e, check=True)
+        assert first.stdout == second.stdout  # same servers, same URLs: reused
+        st = run_cli(["status"], e, check=True).stdout
+        assert st.count("running") == 2
+    finally:
+        down = run_cli(["down"], e)
+    assert down.returncode == 0 and "postgres=stopped" in down.stdout and "redis=stopped" in down.stdout
+    assert run_cli(["status"], e).stdout.count("stopped") == 2
