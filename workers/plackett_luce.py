@@ -382,9 +382,12 @@ def standard_errors(result: PLFit, exact: bool | None = None, exact_limit: int =
 
     Exact (dense inverse; with no prior, the pseudo-inverse in the sum-zero gauge the fit reports)
     when ``n_items <= exact_limit`` or ``exact=True``. Otherwise the documented approximation
-    :math:`\\mathrm{se}_i \\approx H_{ii}^{-1/2}`, the first term of the Neumann series of
-    :math:`H^{-1}` around its diagonal: accurate for well-mixed comparison graphs (each item met by
-    many different opponents), slightly optimistic for items compared with few others.
+    :math:`\\mathrm{se}_i^2 \\approx 1/H_{ii} + 1/(n\\lambda)`. The likelihood part of H
+    annihilates the constant vector (PL is shift-invariant), so with a prior the constant direction
+    is an exact eigenvector of H with eigenvalue λ, contributing 1/(nλ) to every variance (absent
+    in the centred gauge when λ = 0); the rest is the first term of the Neumann series of
+    :math:`H^{-1}` around its diagonal, accurate for well-mixed comparison graphs (each item met by
+    many different opponents) and slightly optimistic for items compared with few others.
     """
     data, theta, prior = result.data, result.utilities, result.prior
     n = data.n_items
@@ -397,4 +400,5 @@ def standard_errors(result: PLFit, exact: bool | None = None, exact_limit: int =
             cov = np.linalg.inv(H + J) - J  # pseudo-inverse restricted to mean-zero utilities
         return np.sqrt(np.clip(np.diag(cov), 0, None))
     diag = _Kernel(data, theta).hess_diag() + prior
-    return 1.0 / np.sqrt(np.maximum(diag, 1e-300))
+    gauge = 1.0 / (n * prior) if prior > 0 else 0.0
+    return np.sqrt(1.0 / np.maximum(diag, 1e-300) + gauge)

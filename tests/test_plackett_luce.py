@@ -1,0 +1,266 @@
+import choix
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+from scipy.stats import spearmanr
+
+from workers import plackett_luce as pl
+from workers.anchored import fit_judge_scale, score_anchored, score_calibrated
+from workers.calibration import fit_isotonic
+
+
+def sim_pairs(rng, theta, m):
+    n = len(theta)
+    a = rng.integers(0, n, m)
+    b = (a + rng.integers(1, n, m)) % n
+    win = rng.random(m) < 1 / (1 + np.exp(theta[b] - theta[a]))
+    return np.stack([np.where(win, a, b), np.where(win, b, a)], 1)
+
+
+def sim_rankings(rng, theta, m, k):
+    n = len(theta)
+    items = np.argsort(rng.random((m, n)), axis=1)[:, :k] if n <= 200 else np.stack([rng.choice(n, k, replace=False) for _ in range(m)])
+    g = theta[items] + rng.gumbel(size=items.shape)
+    return np.take_along_axis(items, np.argsort(-g, axis=1), axis=1)
+
+
+def test_recovers_synthetic_truth_at_scale():
+    rng = np.random.default_rng(0)
+    theta = rng.normal(0, 1.5, 10_000)
+    data = sim_pairs(rng, theta, 500_000)
+    res = pl.fit(10_000, data, prior=0.01)
+    assert res.converged
+    assert spearmanr(res.utilities, theta)[0] >= 0.98
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.5])
+def test_equals_choix_pairwise_and_rankings(alpha):
+    rng = np.random.default_rng(1)
+    theta = rng.normal(0, 1, 40)
+    pairs = sim_pairs(rng, theta, 2000)
+    ours = pl.fit(40, pairs, prior=2 * alpha, tol=1e-12).utilities
+    ref = choix.opt_pairwise(40, [tuple(p) for p in pairs], alpha=alpha, tol=1e-12)
+    assert np.abs(ours - ref).max() <= 1e-6
+    ranks = sim_rankings(rng, theta, 800, 5)
+    ours = pl.fit(40, ranks, prior=2 * alpha, tol=1e-12).utilities
+    ref = choix.opt_rankings(40, [list(r) for r in ranks], alpha=alpha, tol=1e-12)
+    assert np.abs(ours - ref).max() <= 1e-6
+
+
+def test_mle_without_prior_equals_centred_choix():
+    rng = np.random.default_rng(2)
+    theta = rng.normal(0, 1, 30)
+    pairs = sim_pairs(rng, theta, 3000)
+    ours = pl.fit(30, pairs, tol=1e-12).utilities
+    ref = choix.opt_pairwise(30, [tuple(p) for p in pairs], alpha=0, tol=1e-12)
+    assert abs(ours.mean()) < 1e-10
+    assert np.abs(ours - (ref - ref.mean())).max() <= 1e-6
+
+
+def test_kway_and_pairwise_fits_agree():
+    rng = np.random.default_rng(3)
+    theta = rng.normal(0, 1, 200)
+    pairs = sim_pairs(rng, theta, 60_000)
+    ranks = sim_rankings(rng, theta, 12_000, 6)
+    a = pl.fit(200, pairs).utilities
+    b = pl.fit(200, ranks).utilities
+    se = pl.standard_errors(pl.fit(200, ranks))
+    assert np.corrcoef(a, b)[0, 1] > 0.97
+    assert np.mean(np.abs(a - b)) < 2 * se.mean()
+    # ragged input: pairs padded beside 3-way rankings equal the same data fitted row by row
+    mixed = [list(p) for p in pairs[:3000]] + [list(r[:3]) for r in ranks[:2000]]
+    ragged = pl.fit(200, mixed, prior=0.1)
+    lp = pl.loglik(200, pairs[:3000], ragged.utilities) + pl.loglik(200, ranks[:2000, :3], ragged.utilities)
+    assert lp == pytest.approx(pl.loglik(200, mixed, ragged.utilities), rel=1e-12)
+    grad = pl.gradient(200, pairs[:3000], ragged.utilities) + pl.gradient(200, ranks[:2000, :3], ragged.utilities)
+    assert np.abs(grad + 0.1 * ragged.utilities).max() < 1e-6  # stationary for the combined objective
+
+
+def test_weights_equal_repetition():
+    rng = np.random.default_rng(4)
+    theta = rng.normal(0, 1, 20)
+    pairs = sim_pairs(rng, theta, 500)
+    w = rng.integers(1, 4, len(pairs)).astype(float)
+    a = pl.fit(20, pairs, weights=w, prior=0.1).utilities
+    b = pl.fit(20, np.repeat(pairs, w.astype(int), axis=0), prior=0.1).utilities
+    assert np.abs(a - b).max() < 1e-8
+
+
+def test_warm_start_reaches_the_same_optimum_in_fewer_iterations():
+    rng = np.random.default_rng(5)
+    theta = rng.normal(0, 1.5, 2000)
+    data = sim_pairs(rng, theta, 100_000)
+    cold = pl.fit(2000, data, prior=0.01)
+    more = np.concatenate([data, sim_pairs(rng, theta, 1000)])
+    warm = pl.fit(2000, more, prior=0.01, init=cold.utilities)
+    ref = pl.fit(2000, more, prior=0.01)
+    assert np.abs(warm.utilities - ref.utilities).max() < 1e-6
+    assert warm.n_iter < ref.n_iter
+
+
+def test_disconnected_graph_is_reported_and_prior_makes_it_defined():
+    data = np.array([[0, 1], [1, 0], [2, 3], [3, 2]])
+    with pytest.raises(ValueError, match="disconnected into 2 components"):
+        pl.fit(4, data)
+    comps = pl.components(4, data)
+    assert sorted(map(sorted, (c.tolist() for c in comps))) == [[0, 1], [2, 3]]
+    res = pl.fit(4, data, prior=1.0)
+    assert np.all(np.isfinite(res.utilities))
+    with pytest.raises(ValueError, match="not strongly connected"):
+        pl.fit(3, np.array([[0, 1], [1, 2], [0, 2]]))
+
+
+def test_standard_errors_cover_truth_at_nominal_rate():
+    rng = np.random.default_rng(6)
+    hits = total = 0
+    for _ in range(40):
+        theta = rng.normal(0, 1, 60)
+        theta -= theta.mean()
+        data = sim_rankings(rng, theta, 600, 4)
+        res = pl.fit(60, data)
+        se = pl.standard_errors(res)
+        hits += int(np.sum(np.abs(res.utilities - theta) <= 1.96 * se))
+        total += 60
+    assert 0.92 <= hits / total <= 0.98
+
+
+def test_approximate_standard_errors_close_to_exact_on_well_mixed_graph():
+    rng = np.random.default_rng(7)
+    theta = rng.normal(0, 1, 300)
+    res = pl.fit(300, sim_pairs(rng, theta, 30_000), prior=0.01)
+    exact = pl.standard_errors(res, exact=True)
+    approx = pl.standard_errors(res, exact=False)
+    assert np.median(np.abs(approx / exact - 1)) < 0.1
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.array([[0, 5]]), "row 0 has item index 5"),
+    (np.array([[0, 1], [2, 2]]), "row 1 repeats an item"),
+    ([[0, 1], [3]], "row 1 ranks fewer than 2"),
+    (np.zeros((0, 2), dtype=int), "empty input"),
+    ([], "empty input"),
+])
+def test_bad_observations_raise_naming_the_row(bad, match):
+    with pytest.raises(ValueError, match=match):
+        pl.fit(4, bad, prior=1.0)
+
+
+def test_bad_weights_raise_naming_the_row():
+    with pytest.raises(ValueError, match="weights: row 1"):
+        pl.fit(3, np.array([[0, 1], [1, 2]]), weights=[1.0, np.nan], prior=1)
+    with pytest.raises(ValueError, match="weights: row 0"):
+        pl.fit(3, np.array([[0, 1], [1, 2]]), weights=[np.inf, 1.0], prior=1)
+
+
+# -- anchored scoring -----------------------------------------------------------------------------
+def _anchored_problem(rng, n=200, m=3, k=6, beta=0.5, true=None, anchors=None):
+    item = np.repeat(np.arange(n), m)
+    anchors = rng.uniform(-10, 10, (n * m, k - 1)) if anchors is None else anchors
+    true = rng.uniform(-9, 9, n) if true is None else true
+    u = np.empty((n * m, k))
+    for w in range(n * m):
+        vals = np.append(anchors[w], np.nan)
+        util = np.append(anchors[w], true[item[w]]) * beta + rng.gumbel(size=k)
+        u[w] = vals[np.argsort(-util)]
+    return item, u, true
+
+
+def _reference_root(rows, prior=1e-3, lo=-20.0, hi=20.0):
+    k = rows.shape[1]
+
+    def S(t):
+        tot = -prior * t
+        for r in rows:
+            q = int(np.flatnonzero(np.isnan(r))[0])
+            tot += 1.0 if q <= k - 2 else 0.0
+            for s in range(min(q, k - 2) + 1):
+                R = sum(np.exp(r[l]) for l in range(s, k) if l != q)
+                tot -= 1 / (1 + R * np.exp(-t))
+        return tot
+
+    if S(lo) < 0:
+        return lo
+    if S(hi) > 0:
+        return hi
+    return brentq(S, lo, hi, xtol=1e-12)
+
+
+def test_anchored_upstream_mode_equals_per_item_reference():
+    rng = np.random.default_rng(8)
+    item, u, _ = _anchored_problem(rng, n=150)
+    res = score_anchored(item, u, 150)
+    ref = np.array([_reference_root(u[item == i]) for i in range(150)])
+    assert np.abs(res.raw_utility - ref).max() <= 1e-4
+    # the guard: below every anchor everywhere -> just below the lowest anchor met
+    guarded = np.flatnonzero(res.guard == -1)
+    for i in guarded:
+        assert res.utility[i] == pytest.approx(np.nanmin(u[item == i]) - 0.5)
+    inside = res.guard == 0
+    assert np.all(res.utility[inside] >= res.anchor_min[inside]) and np.all(res.utility[inside] <= res.anchor_max[inside])
+
+
+def test_anchored_guard_cases():
+    # one item always last, one always first, one in the middle
+    u = np.array([[3.0, 1.0, np.nan], [2.0, -4.0, np.nan],
+                  [np.nan, 3.0, 1.0], [np.nan, 5.0, 0.0],
+                  [3.0, np.nan, 1.0]])
+    item = np.array([0, 0, 1, 1, 2])
+    res = score_anchored(item, u, 3)
+    assert res.guard.tolist() == [-1, 1, 0]
+    assert res.utility[0] == pytest.approx(-4.5) and res.utility[1] == pytest.approx(5.5)
+    assert 1.0 <= res.utility[2] <= 3.0
+
+
+def test_judge_scale_recovered_and_calibrated_scores_agree_across_judges():
+    rng = np.random.default_rng(9)
+    for beta in (0.2, 0.8):
+        x = rng.uniform(-10, 10, (3000, 5))
+        ranked = np.take_along_axis(x, np.argsort(-(beta * x + rng.gumbel(size=x.shape)), axis=1), axis=1)
+        b, se = fit_judge_scale(ranked)
+        assert abs(b / beta - 1) < 0.10 and se > 0
+    # a sharp and a noisy judge score the same items on one scale
+    true = rng.uniform(-9, 9, 300)
+    anchors = rng.uniform(-10, 10, (1500, 5))
+    item, u_sharp, _ = _anchored_problem(rng, n=300, m=5, beta=1.0, true=true, anchors=anchors)
+    _, u_noisy, _ = _anchored_problem(rng, n=300, m=5, beta=0.25, true=true, anchors=anchors)
+    out = []
+    for u in (u_sharp, u_noisy):
+        b, bse = fit_judge_scale(u)
+        inten, se, _ = score_calibrated(item, u, b, bse, n_items=300)
+        out.append((inten, se))
+    assert np.corrcoef(out[0][0], true)[0, 1] > 0.9 and np.corrcoef(out[1][0], true)[0, 1] > 0.6
+    assert abs(np.median(out[0][0] - out[1][0])) < 1.0
+    assert np.median(out[1][1]) > np.median(out[0][1])  # the noisy judge is honestly less certain
+
+
+def test_anchored_bad_input():
+    with pytest.raises(ValueError, match="row 1 must mark exactly one free"):
+        score_anchored(np.array([0, 0]), np.array([[1.0, np.nan], [1.0, 2.0]]), 1)
+    with pytest.raises(ValueError, match="row 0 has index 3"):
+        score_anchored(np.array([3]), np.array([[1.0, np.nan]]), 2)
+    with pytest.raises(ValueError, match="row 0 holds an infinite"):
+        score_anchored(np.array([0]), np.array([[np.inf, np.nan]]), 1)
+    with pytest.raises(ValueError, match="empty input"):
+        score_anchored(np.zeros(0, dtype=int), np.zeros((0, 3)), 1)
+    with pytest.raises(ValueError, match="row 0 holds inf"):
+        fit_judge_scale(np.array([[np.inf, 1.0]]))
+
+
+# -- calibration ----------------------------------------------------------------------------------
+def test_isotonic_map_is_monotone_clipped_and_reports_residuals():
+    rng = np.random.default_rng(11)
+    u = rng.normal(0, 2, 200)
+    y = np.clip(4 * u + rng.normal(0, 2, 200), -12, 12)
+    cmap = fit_isotonic(u, y)
+    grid = np.linspace(-20, 20, 500)
+    out = cmap(grid)
+    assert np.all(np.diff(out) >= 0)
+    assert out.min() >= -10 and out.max() <= 10
+    assert cmap.residuals.shape == (200,) and cmap.rmse < 3
+
+
+def test_isotonic_refuses_too_few_points_and_bad_values():
+    with pytest.raises(ValueError, match="at least 10 reference points"):
+        fit_isotonic(np.arange(5.0), np.arange(5.0))
+    with pytest.raises(ValueError, match="intensities: row 2"):
+        fit_isotonic(np.arange(12.0), np.r_[0, 1, np.nan, np.arange(9.0)])
