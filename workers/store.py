@@ -286,9 +286,10 @@ class Store:
     async def cache_put(self, judge: str, entries: dict[bytes, dict]) -> None:
         if not entries:
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._copy_merge(conn, "judge_cache", ("key", "judge", "response"),
-                                   [(k, judge, v) for k, v in entries.items()])
+        await self.pool.execute(
+            "INSERT INTO judge_cache (key, judge, response) SELECT k, $2, r::jsonb"
+            " FROM unnest($1::bytea[], $3::text[]) AS t(k, r) ON CONFLICT DO NOTHING",
+            list(entries), judge, [json.dumps(v) for v in entries.values()])
 
     # -- embeddings cache -----------------------------------------------------------------------
     async def embeddings_get(self, model_version: str, hashes: Sequence[bytes]) -> dict[bytes, list[float]]:

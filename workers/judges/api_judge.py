@@ -4,7 +4,9 @@ One ``aiohttp.ClientSession`` per judge (one judge per worker process), a concur
 requests- and tokens-per-minute buckets, and retries with exponential backoff and full jitter on
 408/409/429/5xx, timeouts, connection errors and unreadable (non-JSON) bodies; ``Retry-After`` is
 honoured. Other 4xx answers are final. Structured output (``response_format`` with a JSON schema)
-is used where the server accepts it and dropped, for the rest of the judge's life, where it does not.
+is used where the server accepts it: ``auto`` tries OpenAI's ``json_schema`` form, then the
+``json_object`` + ``schema`` form of llama-cpp-python's server, then free text, and remembers the
+first form the server took for the rest of the judge's life.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class APIJudge(LLMJudge):
         self._sem: asyncio.Semaphore | None = None
         self._rpm = TokenBucket(config.requests_per_minute)
         self._tpm = TokenBucket(config.tokens_per_minute)
-        self._structured = config.structured != "off"
+        self._formats = {"auto": ["json_schema", "json_object", None], "json_schema": ["json_schema"],
+                         "json_object": ["json_object"], "off": [None]}[config.structured]
         self.calls = 0  # HTTP requests sent, for accounting and tests
 
     def _ensure_session(self) -> aiohttp.ClientSession:
@@ -97,10 +100,29 @@ class APIJudge(LLMJudge):
     def _body(self, messages: list[dict], k: int) -> dict:
         body = {"model": self.config.model, "messages": messages,
                 "temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
-        if self._structured:
+        fmt = self._formats[0]
+        if fmt == "json_schema":
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "ranking", "strict": True, "schema": ranking_schema(k)}}
+        elif fmt == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": ranking_schema(k)}
         return body
+
+    @property
+    def structured_format(self) -> str | None:
+        """The response_format in use (None: free text)."""
+        return self._formats[0]
+
+    def _format_rejected(self, fmt: str | None, message: str) -> bool:
+        """Step down the structured-output ladder when the server refused this form."""
+        if fmt is None or "response_format" not in message.lower():
+            return False
+        if fmt not in self._formats:
+            return True  # a concurrent request already stepped past this form
+        if len(self._formats) < 2:
+            return False  # a fixed form the server refuses: nothing to fall back to
+        self._formats.remove(fmt)
+        return True
 
     async def _one(self, messages: list[dict], k: int) -> Completion:
         est_tokens = sum(len(m["content"]) for m in messages) / 4 + self.config.max_tokens
@@ -111,18 +133,21 @@ class APIJudge(LLMJudge):
             attempt += 1
             await self._rpm.acquire(1)
             await self._tpm.acquire(est_tokens)
+            fmt = self._formats[0]
             try:
                 async with self._sem:  # type: ignore[union-attr]
                     text, tin, tout = await self._post(self._body(messages, k))
                 self._tpm.refund(est_tokens - (tin + tout))
                 return Completion(text, tin, tout, time.monotonic() - t0, attempt)
             except FinalError as exc:
-                if self._structured and self.config.structured == "auto" and "response_format" in str(exc).lower():
-                    self._structured = False  # server lacks structured output: fall back to free text
-                    attempt -= 1
+                if self._format_rejected(fmt, str(exc)):
+                    attempt -= 1  # not the request's fault: ask again in the next form
                     continue
                 return Completion(None, 0, 0, time.monotonic() - t0, attempt, error=str(exc))
             except RetryableError as exc:
+                if self._format_rejected(fmt, str(exc)):
+                    attempt -= 1
+                    continue
                 last = str(exc)
                 if attempt < self.config.max_attempts:
                     await asyncio.sleep(backoff_delay(attempt, exc.retry_after))
@@ -135,7 +160,7 @@ class APIJudge(LLMJudge):
             async with session.post(self.url, json=body) as resp:
                 raw = await resp.text()
                 if resp.status in RETRY_STATUS:
-                    raise RetryableError(f"http {resp.status}", parse_retry_after(resp.headers.get("Retry-After")))
+                    raise RetryableError(f"http {resp.status}: {raw[:300]}", parse_retry_after(resp.headers.get("Retry-After")))
                 if resp.status >= 400:
                     raise FinalError(f"http {resp.status}: {raw[:300]}")
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):

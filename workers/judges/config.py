@@ -42,7 +42,9 @@ class JudgeConfig(BaseModel):
     max_tokens: int = Field(default=64, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
-    structured: Literal["auto", "on", "off"] = "auto"
+    # structured output: json_schema (OpenAI, vLLM, llama.cpp's server), json_object with a schema
+    # (llama-cpp-python's server), off (free text); auto tries them in that order
+    structured: Literal["auto", "json_schema", "json_object", "off"] = "auto"
     one_shot: bool = False
     both_orders: bool = False  # also ask the reversed order and merge (position-bias control)
     batch_size: int = Field(default=16, ge=1)  # local LLM generation batch

@@ -1,0 +1,130 @@
+"""A fault-injecting OpenAI-compatible chat server for tests and benchmarks (127.0.0.1 only).
+
+The requested ``model`` name picks the behaviour, so one server serves every scenario:
+
+* ``ok``            a valid ranking (text numbers in reverse order) after ``delay`` seconds
+* ``429-once``      first request of a conversation: 429 with ``Retry-After: 1``; then ok
+* ``500-twice``     two 500s, then ok
+* ``hang-once``     first request sleeps 4 s (the client must time out), then ok
+* ``badjson-once``  first answer is not JSON, then ok
+* ``nonperm``       always answers ``[1, 1, 2]`` (never a permutation)
+* ``bad-request``   400 (must not be retried)
+* ``no-schema``     400 whenever ``response_format`` is present, ok otherwise
+
+Counters are per (model, prompt), so concurrent scenarios do not interfere. ``stats`` records every
+request, the largest number in flight, and the ``response_format`` flags seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from collections import Counter
+
+from aiohttp import web
+
+
+class FakeOpenAI:
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.seen: Counter = Counter()
+        self.with_schema = 0
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            body = await request.json()
+            model = body.get("model", "ok")
+            prompt = json.dumps(body["messages"])
+            key = (model, prompt)
+            self.seen[key] += 1
+            n = self.seen[key]
+            if "response_format" in body:
+                self.with_schema += 1
+            k = len(re.findall(r"Text \d+:", body["messages"][1]["content"]))
+            if model == "429-once" and n == 1:
+                return web.Response(status=429, headers={"Retry-After": "1"}, text="slow down")
+            if model == "500-twice" and n <= 2:
+                return web.Response(status=500, text="boom")
+            if model == "hang-once" and n == 1:
+                await asyncio.sleep(4)
+            if model == "badjson-once" and n == 1:
+                return web.Response(status=200, text="{not json", content_type="application/json")
+            if model == "bad-request":
+                return web.Response(status=400, text="bad request")
+            if model == "no-schema" and "response_format" in body:
+                return web.Response(status=400, text="unsupported field: response_format")
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            answer = "[1, 1, 2]" if model == "nonperm" else json.dumps({"ranking": list(range(k, 0, -1))})
+            return web.json_response({
+                "id": "x", "object": "chat.completion", "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 50, "completion_tokens": 8, "total_tokens": 58}})
+        finally:
+            self.in_flight -= 1
+
+    async def start(self, port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+
+class ServerThread:
+    """Runs a :class:`FakeOpenAI` on its own event loop in a thread (for sync callers)."""
+
+    def __init__(self, delay: float = 0.0):
+        self.server = FakeOpenAI(delay)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.url = ""
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.url = self.loop.run_until_complete(self.server.start())
+        self._ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def serve_forever(port: int, delay: float) -> None:
+    """Entry point for a separate server process (benchmarks)."""
+    async def main():
+        srv = FakeOpenAI(delay)
+        await srv.start(port)
+        await asyncio.Event().wait()
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_forever(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.05)
