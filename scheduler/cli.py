@@ -254,13 +254,10 @@ def jobs() -> None:
 @click.option("--limit", default=20, show_default=True)
 def jobs_list(limit: int) -> None:
     async def go(store):
-        t = Table()
-        for c in ("job", "kind", "state", "texts", "windows", "created"):
-            t.add_column(c)
+        click.echo(f"{'job':24} {'kind':6} {'state':10} {'texts':>8} {'windows':>9}  created")
         for j in await store.jobs(limit):
-            t.add_row(j["id"], j["kind"], j["state"], str(j["n_items"]), str(j["n_windows"]),
-                      j["created_at"].strftime("%Y-%m-%d %H:%M:%S"))
-        Console().print(t)
+            click.echo(f"{j['id']:24} {j['kind']:6} {j['state']:10} {j['n_items']:>8} {j['n_windows']:>9}  "
+                       f"{j['created_at']:%Y-%m-%d %H:%M:%S}")
     run_with_store(go)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 
 from schemas.taxonomy import default_taxonomy
@@ -27,7 +29,7 @@ async def judge_chunk(store: Store, judge: Judge, job_id: str, chunk_no: int, ma
     stored twice (unique key). A chunk delivered more than ``max_deliveries`` times is failed so a
     poisonous chunk cannot loop forever.
     """
-    began = await store.begin_chunk(job_id, chunk_no)
+    began = await store.begin_chunk(job_id, chunk_no, f"{socket.gethostname()}:{os.getpid()}")
     if began is None:
         return ChunkOutcome("skipped")
     state, deliveries, job_state = began

@@ -191,12 +191,12 @@ class Store:
             await conn.execute("UPDATE jobs SET state='running', finished_at=NULL WHERE id=$1", job_id)
 
     # -- chunk lifecycle ------------------------------------------------------------------------
-    async def begin_chunk(self, job_id: str, chunk_no: int) -> tuple[str, int, str] | None:
+    async def begin_chunk(self, job_id: str, chunk_no: int, worker: str = "") -> tuple[str, int, str] | None:
         """Count a delivery; returns (chunk state, deliveries, job state) or None if unknown."""
         row = await self.pool.fetchrow(
-            "UPDATE chunks c SET deliveries = deliveries + 1, updated_at = now() FROM jobs j "
+            "UPDATE chunks c SET deliveries = deliveries + 1, updated_at = now(), last_worker = $3 FROM jobs j "
             "WHERE c.job_id = $1 AND c.chunk_no = $2 AND j.id = c.job_id "
-            "RETURNING c.state, c.deliveries, j.state AS job_state", job_id, chunk_no)
+            "RETURNING c.state, c.deliveries, j.state AS job_state", job_id, chunk_no, worker)
         return None if row is None else (row["state"], row["deliveries"], row["job_state"])
 
     async def pending_windows(self, job_id: str, chunk_no: int) -> list[asyncpg.Record]:
@@ -254,6 +254,9 @@ class Store:
         Returns True when this call completed the job.
         """
         async with self.pool.acquire() as conn, conn.transaction():
+            # Lock the job row first: score writers of one job queue here instead of deadlocking
+            # on the key-share locks their score rows take on it, and the last one sees all chunks.
+            await conn.execute("SELECT 1 FROM jobs WHERE id=$1 FOR NO KEY UPDATE", job_id)
             if rows:
                 await self._copy_merge(
                     conn, "scores",
@@ -262,8 +265,6 @@ class Store:
                     [(job_id, *r) for r in rows], conflict="(job_id, item_no, value) DO NOTHING")
             await conn.execute("UPDATE chunks SET state='scored', updated_at=now() WHERE job_id=$1 AND chunk_no=$2",
                                job_id, chunk_no)
-            # Row lock on the job so two last chunks cannot both miss each other.
-            await conn.execute("SELECT 1 FROM jobs WHERE id=$1 FOR UPDATE", job_id)
             finished = await conn.fetchval(
                 "UPDATE jobs SET state='done', finished_at=now(), updated_at=now() WHERE id=$1 AND state='running' "
                 "AND NOT EXISTS (SELECT 1 FROM chunks WHERE job_id=$1 AND state <> 'scored') RETURNING id", job_id)

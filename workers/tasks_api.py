@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from workers.celery_app import app
-from workers.tasks_common import judge_and_hand_off
+from workers.tasks_common import RETRY, judge_and_hand_off
 
 
-@app.task(name="valueflow.api.judge_chunk")
+@app.task(name="valueflow.api.judge_chunk", **RETRY)
 def judge_chunk(job_id: str, chunk_no: int) -> dict:
     return judge_and_hand_off(job_id, chunk_no)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from schemas.messages import EmbedTask
 from workers import runtime
 from workers.celery_app import app
-from workers.tasks_common import judge_and_hand_off
+from workers.tasks_common import RETRY, judge_and_hand_off
 
 
-@app.task(name="valueflow.gpu.judge_chunk")
+@app.task(name="valueflow.gpu.judge_chunk", **RETRY)
 def judge_chunk(job_id: str, chunk_no: int) -> dict:
     return judge_and_hand_off(job_id, chunk_no)
 

@@ -49,6 +49,7 @@ CREATE TABLE chunks (
     queue       text NOT NULL,
     state       text NOT NULL DEFAULT 'pending',   -- pending, judged, scored, failed
     deliveries  integer NOT NULL DEFAULT 0,         -- times a worker started it (redeliveries + 1)
+    last_worker text,                               -- host:pid of the latest worker that took it
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, chunk_no)
 );
