@@ -2,9 +2,170 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
+
+
+def _rows(data: Path | None, vidb_json_dir: Path | None, cross: Path | None):
+    from workers.hives.data import read_rows, seed_rows, vidb_sample_rows
+
+    try:
+        if data is not None:
+            return read_rows(data, cross)
+        if vidb_json_dir is not None:
+            return vidb_sample_rows(vidb_json_dir, cross)
+        return seed_rows(cross)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _texts(path: Path, text_field: str) -> tuple[list[str], list[str]]:
+    from scheduler.inputs import InputError, read_inputs
+
+    try:
+        rows = read_inputs(path, text_col=text_field)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from None
+    return [r.ext_id for r in rows], [r.text for r in rows]
 
 
 @click.group()
 def hives() -> None:
     """HiVES: hierarchical value embeddings."""
+
+
+@hives.command("train")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="checkpoint directory")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), help="rows CSV/JSONL (text,value,direction); default: the seed VIDB")
+@click.option("--vidb-json", type=click.Path(exists=True, file_okay=False, path_type=Path), help="build rows from few-shot VIDB JSON files")
+@click.option("--cross-anchors", type=click.Path(exists=True, path_type=Path), help="cross-theory anchor table (CSV)")
+@click.option("--base-model", default=None, help="HF model name or path [default: all-MiniLM-L6-v2 offline]")
+@click.option("--stage1-steps", default=150, show_default=True)
+@click.option("--stage2-steps", default=100, show_default=True)
+@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None, help="cuda / cpu [default: cuda when available]")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="continue from a checkpoint")
+def hives_train(out_dir, data, vidb_json, cross_anchors, base_model, stage1_steps, stage2_steps, lr, seed, device, resume):
+    """Two-stage fine-tuning (hierarchical SupCon, then concept-anchor InfoNCE)."""
+    from workers.hives.data import load_cross_anchors
+    from workers.hives.train import TrainConfig, train
+
+    rows = _rows(data, vidb_json, cross_anchors)
+    cfg = TrainConfig(base_model=base_model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, lr=lr, seed=seed,
+                      device=device)
+    path = train(rows, out_dir, cfg, cross=load_cross_anchors(cross_anchors), resume=resume)
+    click.echo(f"checkpoint written to {path}")
+
+
+@hives.command("eval")
+@click.option("--model", default=None, help="checkpoint dir or HF model [default: the untrained base]")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), help="rows CSV/JSONL")
+@click.option("--vidb-json", type=click.Path(exists=True, file_okay=False, path_type=Path), help="few-shot VIDB JSON directory")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="write the metrics as JSON")
+def hives_eval(model, data, vidb_json, output):
+    """Hierarchical ranking accuracy, similarity correlation, orthogonality, kNN accuracy."""
+    from workers.hives.encoder import Encoder
+    from workers.hives.evaluate import evaluate
+
+    rows = _rows(data, vidb_json, None)
+    enc = Encoder(model)
+    metrics = evaluate(enc.encode([r.text for r in rows], progress=True), rows)
+    text = json.dumps(metrics, indent=2)
+    if output:
+        output.write_text(text)
+    click.echo(text)
+
+
+@hives.command("embed")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--model", default=None)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--queue/--local", "via_queue", default=False, help="run as a task on the gpu queue (cached in the store)")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help=".npy or .parquet")
+def hives_embed(input_path, model, text_field, via_queue, output):
+    """Embed texts (locally, or through a gpu-queue worker with the store's cache)."""
+    import numpy as np
+
+    ids, texts = _texts(input_path, text_field)
+    if via_queue:
+        from scheduler.cli import celery_app, resolve_urls
+
+        _, broker = resolve_urls()
+        res = celery_app(broker).send_task("valueflow.gpu.embed", kwargs={"texts": texts, "model": model},
+                                           queue="gpu", ignore_result=False).get(timeout=3600)
+        vecs = np.asarray(res["vectors"], dtype=np.float32)
+        click.echo(f"embedded {len(texts)} texts on {res['device']} ({res['computed']} computed, rest cached)", err=True)
+    else:
+        from workers.hives.encoder import Encoder
+
+        vecs = Encoder(model).encode(texts, progress=True)
+    if output.suffix == ".npy":
+        np.save(output, vecs)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"id": ids, "embedding": [v.tolist() for v in vecs]}), output)
+    click.echo(f"wrote {vecs.shape} to {output}")
+
+
+@hives.command("extract")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--model", default=None)
+@click.option("--top-k", default=3, show_default=True)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="JSONL (default: stdout)")
+def hives_extract(input_path, model, top_k, text_field, output):
+    """Top-k values per theory for each text, with direction and similarity."""
+    from workers.hives.encoder import Encoder
+    from workers.hives.extract import build_prototypes, extract
+
+    ids, texts = _texts(input_path, text_field)
+    enc = Encoder(model)
+    res = extract(enc.encode(texts, progress=True), build_prototypes(enc), top_k)
+    lines = [json.dumps({"id": i, "values": r}) for i, r in zip(ids, res)]
+    if output:
+        output.write_text("\n".join(lines) + "\n")
+    else:
+        click.echo("\n".join(lines))
+
+
+@hives.command("profile")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--model", default=None)
+@click.option("--top-k", default=3, show_default=True)
+@click.option("--judge", default=None, help="also score the touched values with this judge (in-process evaluator)")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="JSON (default: stdout)")
+def hives_profile(input_path, model, top_k, judge, text_field, output):
+    """Value profile of a set of texts (a person's or a group's): values touched, direction, strength."""
+    from schemas.taxonomy import default_taxonomy
+    from workers.hives.encoder import Encoder
+    from workers.hives.extract import build_prototypes, extract, profile
+
+    _, texts = _texts(input_path, text_field)
+    enc = Encoder(model)
+    ext = extract(enc.encode(texts, progress=True), build_prototypes(enc), top_k)
+    scores = None
+    if judge:
+        from scheduler.inprocess import score_texts_sync
+        from workers.judges.config import get_judge_config
+        from workers.judges.embedding_judge import EmbeddingJudge
+        from workers.judges.registry import make_judge
+
+        cfg = get_judge_config(judge)
+        j = EmbeddingJudge(cfg, encoder=enc) if cfg.kind == "embedding" and cfg.encoder == model else make_judge(cfg)
+        touched = profile(ext)["values"]
+        vals = [default_taxonomy().get(v) for v in touched]
+        scores = {}
+        touches = [{h["value"] for hits in e.values() for h in hits} for e in ext]
+        for item_no, value, _, _, inten, _, used, _, _ in score_texts_sync(texts, vals, j):
+            if used and value in touches[item_no]:  # only the values this text touches
+                scores.setdefault(value, []).append(inten)
+    text = json.dumps(profile(ext, scores), indent=2)
+    if output:
+        output.write_text(text)
+    click.echo(text)

@@ -90,10 +90,17 @@ def _log_rest(u: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def score_equation(theta_w: np.ndarray, logR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-window Σ_s σ(θ − log R_s) and Σ_s σ(1−σ) (dead stages have log R = +inf → σ = 0)."""
-    z = theta_w[:, None] - logR
+    """Per-window Σ_s σ(θ − log R_s) and Σ_s σ(1−σ); ``logR`` is (k−1, W), dead stages +inf → σ = 0."""
+    z = theta_w[None, :] - logR
     sig = 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
-    return sig.sum(axis=1), (sig * (1.0 - sig)).sum(axis=1)
+    return sig.sum(axis=0), (sig * (1.0 - sig)).sum(axis=0)
+
+
+def _score(theta, item, logR, wins, prior, n_items):
+    s1, s2 = score_equation(theta[item], logR)
+    S = wins - np.bincount(item, weights=s1, minlength=n_items) - prior * theta
+    dS = -np.bincount(item, weights=s2, minlength=n_items) - prior
+    return S, dS
 
 
 def score_anchored(item, u, n_items: int | None = None, prior: float = UPSTREAM_PRIOR,
@@ -108,27 +115,37 @@ def score_anchored(item, u, n_items: int | None = None, prior: float = UPSTREAM_
     lo_b, hi_b = map(float, bounds)
     q = np.argmax(np.isnan(u), axis=1)
     logR, _, win = _log_rest(u, q)
+    logR = np.ascontiguousarray(logR.T)  # (k-1, W): sums over stages become row adds
     wins = np.bincount(item, weights=win, minlength=n_items)
     nwin = np.bincount(item, minlength=n_items)
 
+    # Roots outside the bounds sit on them (S is decreasing): settle those first.
+    S_lo, _ = _score(np.full(n_items, lo_b), item, logR, wins, prior, n_items)
+    S_hi, _ = _score(np.full(n_items, hi_b), item, logR, wins, prior, n_items)
+    theta = np.where(S_lo <= 0, lo_b, np.where(S_hi >= 0, hi_b, np.clip(0.0, lo_b, hi_b)))
+    active = (S_lo > 0) & (S_hi < 0)
     lo = np.full(n_items, lo_b)
     hi = np.full(n_items, hi_b)
-    theta = np.clip(np.zeros(n_items), lo, hi)
+    # Newton on the items still moving, with the windows of those items only.
+    ids = np.flatnonzero(active)
     for _ in range(max_iter):
-        s1, s2 = score_equation(theta[item], logR)
-        S = wins - np.bincount(item, weights=s1, minlength=n_items) - prior * theta
-        dS = -np.bincount(item, weights=s2, minlength=n_items) - prior
-        lo = np.where(S > 0, theta, lo)
-        hi = np.where(S < 0, theta, hi)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            newton = theta - S / dS
-        inside = np.isfinite(newton) & (newton > lo) & (newton < hi)
-        nxt = np.where(inside, newton, 0.5 * (lo + hi))
-        nxt = np.where(S == 0, theta, nxt)
-        done = np.abs(nxt - theta) < tol
-        theta = nxt
-        if done.all():
+        if ids.size == 0:
             break
+        wmask = active[item]
+        sub_item = np.searchsorted(ids, item[wmask])
+        S, dS = _score(theta[ids], sub_item, logR[:, wmask], wins[ids], prior, ids.size)
+        t = theta[ids]
+        lo[ids] = np.where(S > 0, t, lo[ids])
+        hi[ids] = np.where(S < 0, t, hi[ids])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            newton = t - S / dS
+        inside = np.isfinite(newton) & (newton > lo[ids]) & (newton < hi[ids])
+        nxt = np.where(inside, newton, 0.5 * (lo[ids] + hi[ids]))
+        nxt = np.where(S == 0, t, nxt)
+        theta[ids] = nxt
+        done = np.abs(nxt - t) < tol
+        active[ids[done]] = False
+        ids = ids[~done]
     raw = theta.copy()
 
     ua = np.where(np.isnan(u), np.nan, u)
@@ -147,7 +164,7 @@ def score_anchored(item, u, n_items: int | None = None, prior: float = UPSTREAM_
         theta = np.where(gflag == -1, amin - guard_margin,
                          np.where(gflag == 1, amax + guard_margin, np.clip(theta, amin, amax)))
         theta = np.where(seen, theta, raw)
-    s1, s2 = score_equation(theta[item], logR)
+    _, s2 = score_equation(theta[item], logR)
     info = np.bincount(item, weights=s2, minlength=n_items) + prior
     with np.errstate(divide="ignore"):
         se = 1.0 / np.sqrt(info)

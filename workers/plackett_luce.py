@@ -27,8 +27,9 @@ and Armijo backtracking. The Hessian is never formed: with
 so one product costs O(Wk) and is scattered with ``np.bincount``. Without a prior the utilities
 are identified only up to a constant per connected component; the fit returns them centred
 (mean zero) and requires the comparison graph to be strongly connected (otherwise the MLE lies at
-infinity). Convergence: the Newton step's max-norm falls below ``tol`` (default 1e-8), so the
-returned utilities are within ~``tol`` of the optimum because Newton converges quadratically.
+infinity). Convergence: a full Newton step's max-norm falls below √``tol``: Newton converges
+quadratically, so the returned utilities are within ~``tol`` of the optimum (default 1e-5, two
+orders of magnitude below any standard error a realistic data set allows).
 """
 
 from __future__ import annotations
@@ -288,7 +289,7 @@ def _center(theta: np.ndarray, comps: list[np.ndarray] | None) -> np.ndarray:
     return out
 
 
-def fit(n_items: int, observations, weights=None, prior: float = 0.0, init=None, tol: float = 1e-8,
+def fit(n_items: int, observations, weights=None, prior: float = 0.0, init=None, tol: float = 1e-5,
         max_iter: int = 100, check_connected: bool = True) -> PLFit:
     """Maximum-likelihood (``prior=0``) or MAP (``prior=λ>0``) Plackett–Luce utilities.
 
@@ -344,7 +345,9 @@ def fit(n_items: int, observations, weights=None, prior: float = 0.0, init=None,
                 break
             alpha *= 0.5
         theta, f, ker = cand, f_new, cand_ker
-        if float(np.abs(alpha * step).max()) < tol:
+        # Newton's error after a full step of size δ is O(δ²): a full step below √tol leaves the
+        # iterate within ~tol of the optimum, so there is no need to take (and pay for) one more.
+        if alpha == 1.0 and float(np.abs(step).max()) < np.sqrt(tol):
             converged = True
             break
     if prior == 0:

@@ -10,7 +10,14 @@ import asyncio
 import os
 from typing import Any, Awaitable, TypeVar
 
+from workers.perf import tune_malloc
 from workers.store import Store, open_store
+
+tune_malloc()
+if os.environ.get("VALUEFLOW_TORCH_THREADS"):  # e.g. 1 when several worker processes share the cores
+    import torch
+
+    torch.set_num_threads(int(os.environ["VALUEFLOW_TORCH_THREADS"]))
 
 T = TypeVar("T")
 

@@ -57,13 +57,24 @@ class EmbeddingJudge(Judge):
         self.encoder = encoder or Encoder(config.encoder, device=config.device)
         self.anchors = anchors or seed_anchors
         self._probes: dict[str, tuple[int, np.ndarray, float]] = {}
+        self._vectors: dict[str, np.ndarray] = {}  # anchors recur in every window: embed each once
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Embeddings with an in-process memo (bounded; cleared when full)."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if todo:
+            if len(self._vectors) + len(todo) > 200_000:
+                self._vectors.clear()
+            vecs = await asyncio.to_thread(self.encoder.encode, todo)
+            self._vectors.update(zip(todo, vecs))
+        return np.stack([self._vectors[t] for t in texts]).astype(np.float64)
 
     async def probe(self, value: str) -> tuple[np.ndarray, float]:
         texts, y = await self.anchors(value)
         cached = self._probes.get(value)
         if cached is None or cached[0] != len(texts):  # VIDB grew: refit
-            X = await asyncio.to_thread(self.encoder.encode, texts)
-            w, b = ridge_direction(X.astype(np.float64), np.asarray(y, float), self.config.ridge_alpha)
+            X = await self.embed(texts)
+            w, b = ridge_direction(X, np.asarray(y, float), self.config.ridge_alpha)
             self._probes[value] = (len(texts), w, b)
         _, w, b = self._probes[value]
         return w, b
@@ -71,8 +82,7 @@ class EmbeddingJudge(Judge):
     async def project(self, value: str, texts: list[str]) -> np.ndarray:
         """Predicted intensity of each text (the probe's output)."""
         w, b = await self.probe(value)
-        X = await asyncio.to_thread(self.encoder.encode, texts)
-        return X.astype(np.float64) @ w + b
+        return await self.embed(texts) @ w + b
 
     async def rank_shown(self, value: Value, windows: list[list[str]]) -> list[Ranking]:
         if not windows:

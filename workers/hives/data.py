@@ -1,0 +1,157 @@
+"""HiVES training rows and where they come from.
+
+A row: ``text, theory, value, level_1..level_3`` (the value's top-down path in its theory, padded
+by repeating its last node), ``direction`` (supports / opposes / neutral), and for stage 2 an
+individual-anchor id (value and direction) and a cross-theory anchor id (concepts that mean the
+same across theories, from a table the team ships or the user supplies).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from schemas.seed import seed_vidb
+from schemas.taxonomy import default_taxonomy
+
+CROSS_ANCHORS = Path(__file__).resolve().parents[2] / "schemas" / "data" / "cross_theory_anchors.csv"
+LEVELS = 3
+DIRECTIONS = ("supports", "opposes", "neutral")
+
+
+@dataclass(frozen=True)
+class Row:
+    text: str
+    theory: str
+    value: str
+    level_1: str
+    level_2: str
+    level_3: str
+    direction: str
+    individual_anchor: str
+    cross_anchor: str | None = None
+
+    @property
+    def levels(self) -> tuple[str, str, str]:
+        return (self.level_1, self.level_2, self.level_3)
+
+
+@dataclass(frozen=True)
+class CrossAnchor:
+    anchor: str
+    description: str
+    members: tuple[str, ...]  # "theory:value"
+
+
+def load_cross_anchors(path: str | Path | None = None) -> list[CrossAnchor]:
+    path = Path(path) if path else CROSS_ANCHORS
+    out = []
+    tax = default_taxonomy()
+    with path.open(newline="", encoding="utf-8") as fh:
+        for n, row in enumerate(csv.DictReader(fh), 2):
+            members = tuple(row["members"].split())
+            for m in members:
+                theory, _, value = m.partition(":")
+                try:
+                    tax.get(value, theory)
+                except KeyError as exc:
+                    raise ValueError(f"{path}:{n}: field 'members': {exc}") from None
+            out.append(CrossAnchor(row["anchor"], row["description"], members))
+    return out
+
+
+def cross_anchor_of(anchors: list[CrossAnchor]) -> dict[str, str]:
+    """``theory:value`` → anchor id (a value belongs to at most one cross-theory anchor)."""
+    return {m: a.anchor for a in anchors for m in a.members}
+
+
+def value_levels(value: str, theory: str | None = None) -> tuple[str, str, str]:
+    path = default_taxonomy().path(value, theory)
+    return tuple(path[min(i, len(path) - 1)] for i in range(LEVELS))  # type: ignore[return-value]
+
+
+def direction_of(intensity: float, neutral_band: float = 0.0) -> str:
+    if abs(intensity) <= neutral_band:
+        return "neutral"
+    return "supports" if intensity > 0 else "opposes"
+
+
+def make_row(text: str, value: str, direction: str, cross: dict[str, str]) -> Row:
+    v = default_taxonomy().get(value)
+    l1, l2, l3 = value_levels(v.name, v.theory)
+    c = cross.get(f"{v.theory}:{v.key}")
+    return Row(text, v.theory, v.key, l1, l2, l3, direction, f"{v.theory}:{v.key}:{direction}",
+               None if c is None else f"{c}:{direction}")
+
+
+def rows_from_vidb(items: dict[str, list[tuple[str, float]]], cross_path: str | Path | None = None,
+                   neutral_band: float = 0.0) -> list[Row]:
+    """Rows from VIDB items (value → [(text, intensity)]); direction from the intensity's sign."""
+    cross = cross_anchor_of(load_cross_anchors(cross_path))
+    return [make_row(t, v, direction_of(x, neutral_band), cross) for v, its in items.items() for t, x in its]
+
+
+def seed_rows(cross_path: str | Path | None = None) -> list[Row]:
+    return rows_from_vidb(seed_vidb(), cross_path)
+
+
+def vidb_sample_rows(directory: str | Path, cross_path: str | Path | None = None) -> list[Row]:
+    """Rows from upstream few-shot VIDB JSON files (``{value: {bin: [{text, intensity}]}}``)."""
+    items: dict[str, list[tuple[str, float]]] = {}
+    for f in sorted(Path(directory).glob("*.json")):
+        for value, bins in json.loads(f.read_text()).items():
+            for b in bins.values():
+                items.setdefault(value, []).extend((x["text"], float(x["intensity"])) for x in b)
+    return rows_from_vidb(items, cross_path)
+
+
+def read_rows(path: str | Path, cross_path: str | Path | None = None) -> list[Row]:
+    """User rows from CSV/JSONL with ``text, value, direction`` (levels and anchors are derived
+    from the taxonomy when absent). Errors name file, line and field."""
+    path = Path(path)
+    cross = cross_anchor_of(load_cross_anchors(cross_path))
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            records = [(n, r) for n, r in enumerate(csv.DictReader(fh), 2)]
+    else:
+        with path.open(encoding="utf-8") as fh:
+            records = []
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        records.append((n, json.loads(line)))
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{path}:{n}: malformed JSON ({exc.msg})") from None
+    out = []
+    for n, r in records:
+        for field in ("text", "value", "direction"):
+            if not str(r.get(field) or "").strip():
+                raise ValueError(f"{path}:{n}: field {field!r}: missing or empty")
+        if r["direction"] not in DIRECTIONS:
+            raise ValueError(f"{path}:{n}: field 'direction': {r['direction']!r} is not one of {DIRECTIONS}")
+        try:
+            row = make_row(r["text"], r["value"], r["direction"], cross)
+        except KeyError as exc:
+            raise ValueError(f"{path}:{n}: field 'value': {exc}") from None
+        if r.get("cross_anchor"):
+            row = Row(**{**asdict(row), "cross_anchor": r["cross_anchor"]})
+        out.append(row)
+    return out
+
+
+def anchor_texts(cross: list[CrossAnchor]) -> dict[str, str]:
+    """Text that stands for every individual and cross-theory anchor id."""
+    tax = default_taxonomy()
+    out = {}
+    for v in tax.steerable():
+        label = v.key.replace("_", " ")
+        out[f"{v.theory}:{v.key}:supports"] = f"Supporting {label}: {v.definition}"
+        out[f"{v.theory}:{v.key}:opposes"] = f"Opposing {label}: {v.definition}"
+        out[f"{v.theory}:{v.key}:neutral"] = f"Neutral about {label}: {v.definition}"
+    for a in cross:
+        out[f"{a.anchor}:supports"] = f"Supporting: {a.description}"
+        out[f"{a.anchor}:opposes"] = f"Opposing: {a.description}"
+        out[f"{a.anchor}:neutral"] = f"Neutral: {a.description}"
+    return out
