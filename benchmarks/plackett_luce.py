@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workers import plackett_luce as pl  # noqa: E402
 from workers.anchored import score_anchored  # noqa: E402
 from workers.perf import tune_malloc  # noqa: E402
+from workers.pl_simulate import simulate_pairs as pairs  # noqa: E402
+from workers.pl_simulate import simulate_rankings as rankings  # noqa: E402
 
 PRIOR = 0.01
 
@@ -38,28 +40,6 @@ PRIOR = 0.01
 def pin_one_core() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-
-
-def pairs(rng, theta, m):
-    n = len(theta)
-    a = rng.integers(0, n, m)
-    b = (a + rng.integers(1, n, m)) % n
-    win = rng.random(m) < 1 / (1 + np.exp(theta[b] - theta[a]))
-    return np.stack([np.where(win, a, b), np.where(win, b, a)], 1)
-
-
-def rankings(rng, theta, m, k):
-    n = len(theta)
-    items = rng.integers(0, n, (m, k))
-    for _ in range(10):  # redraw rows with a repeated item
-        s = np.sort(items, 1)
-        bad = (s[:, 1:] == s[:, :-1]).any(1)
-        if not bad.any():
-            break
-        items[bad] = rng.integers(0, n, (bad.sum(), k))
-    items = items[~(np.sort(items, 1)[:, 1:] == np.sort(items, 1)[:, :-1]).any(1)]
-    g = theta[items] + rng.gumbel(size=items.shape)
-    return np.take_along_axis(items, np.argsort(-g, 1), 1)
 
 
 def timed_fit(n, data, **kw):

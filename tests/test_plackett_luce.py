@@ -7,21 +7,8 @@ from scipy.stats import spearmanr
 from workers import plackett_luce as pl
 from workers.anchored import fit_judge_scale, score_anchored, score_calibrated
 from workers.calibration import fit_isotonic
-
-
-def sim_pairs(rng, theta, m):
-    n = len(theta)
-    a = rng.integers(0, n, m)
-    b = (a + rng.integers(1, n, m)) % n
-    win = rng.random(m) < 1 / (1 + np.exp(theta[b] - theta[a]))
-    return np.stack([np.where(win, a, b), np.where(win, b, a)], 1)
-
-
-def sim_rankings(rng, theta, m, k):
-    n = len(theta)
-    items = np.argsort(rng.random((m, n)), axis=1)[:, :k] if n <= 200 else np.stack([rng.choice(n, k, replace=False) for _ in range(m)])
-    g = theta[items] + rng.gumbel(size=items.shape)
-    return np.take_along_axis(items, np.argsort(-g, axis=1), axis=1)
+from workers.pl_simulate import simulate_pairs as sim_pairs
+from workers.pl_simulate import simulate_rankings as sim_rankings
 
 
 def test_recovers_synthetic_truth_at_scale():

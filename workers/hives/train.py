@@ -42,6 +42,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     device: str | None = None
     max_length: int = 128
+    train_layers: int | None = None  # fine-tune only the top N transformer layers (None: all)
     history: list = field(default_factory=list)
 
 
@@ -58,6 +59,22 @@ def _batch(rows: list[Row], by_theory: dict[str, dict[str, list[int]]], cfg: Tra
 def _ids(keys: list) -> torch.Tensor:
     uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     return torch.tensor([uniq[k] for k in keys])
+
+
+def trainable_parameters(encoder: Encoder, top_layers: int | None) -> list[torch.nn.Parameter]:
+    """All parameters, or only those of the top ``top_layers`` transformer blocks (the rest frozen:
+    with little labelled data this keeps the base model's general semantics)."""
+    params = list(encoder.parameters())
+    if top_layers is None:
+        return params
+    n_layers = int(getattr(encoder.model.config, "num_hidden_layers"))
+    keep = {f"layer.{i}." for i in range(n_layers - top_layers, n_layers)} | {f"layers.{i}." for i in range(n_layers - top_layers, n_layers)}
+    out = []
+    for name, p in encoder.model.named_parameters():
+        p.requires_grad_(any(k in name for k in keep))
+        if p.requires_grad:
+            out.append(p)
+    return out
 
 
 def save_checkpoint(encoder: Encoder, opt, cfg: TrainConfig, stage: int, step: int, directory: Path) -> None:
@@ -86,7 +103,8 @@ def train(rows: list[Row], out_dir: str | Path, cfg: TrainConfig | None = None, 
     by_theory: dict[str, dict[str, list[int]]] = {}
     for i, r in enumerate(rows):
         by_theory.setdefault(r.theory, {}).setdefault(r.value, []).append(i)
-    opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr)
+    params = trainable_parameters(encoder, cfg.train_layers)
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
     if resume is not None and (Path(resume) / "optimizer.pt").exists():
         opt.load_state_dict(torch.load(Path(resume) / "optimizer.pt"))
     anchors = anchor_texts(cross or [])
@@ -116,7 +134,7 @@ def train(rows: list[Row], out_dir: str | Path, cfg: TrainConfig | None = None, 
                                    cfg.tau_anchor, cfg.lambda_ind, cfg.lambda_theory)
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             cfg.history.append({"stage": stage, "step": step + 1, "loss": float(loss.detach())})
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
