@@ -92,7 +92,7 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
     start = time.monotonic()
     prog = await store.job_progress(job_id)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]:.1f} windows/s · failed {task.fields[failed]} · scored {task.fields[scored]}"),
+                  TextColumn("{task.fields[rate]:.1f} judge calls/s · failed {task.fields[failed]} · scored {task.fields[scored]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not show, transient=False) as bar:
         task = bar.add_task(f"job {job_id}", total=prog["total"], rate=0.0, failed=0, scored=0)
         first = prog["done"] + prog["failed"]

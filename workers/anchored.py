@@ -202,8 +202,9 @@ def fit_judge_scale(x, max_iter: int = 50, tol: float = 1e-10) -> tuple[float, f
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         Z = np.cumsum(e[:, ::-1], axis=1)[:, ::-1]
-        ex = np.cumsum((e * xz)[:, ::-1], axis=1)[:, ::-1] / Z
-        ex2 = np.cumsum((e * xz * xz)[:, ::-1], axis=1)[:, ::-1] / Z
+        with np.errstate(divide="ignore", invalid="ignore"):  # padded tails have Z = 0, masked below
+            ex = np.cumsum((e * xz)[:, ::-1], axis=1)[:, ::-1] / Z
+            ex2 = np.cumsum((e * xz * xz)[:, ::-1], axis=1)[:, ::-1] / Z
         g = float(np.where(live, xz - ex, 0.0).sum())
         h = float(np.where(live, ex2 - ex * ex, 0.0).sum())
         if h <= 0:
