@@ -1,7 +1,6 @@
 """The API judge against a real OpenAI-compatible server: llama.cpp serving SmolLM2 on 127.0.0.1."""
 
 import asyncio
-import json
 import socket
 import subprocess
 import sys

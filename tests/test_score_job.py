@@ -5,7 +5,6 @@ import json
 import time
 
 import asyncpg
-import numpy as np
 import pytest
 from scipy.stats import spearmanr
 

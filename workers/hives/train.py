@@ -67,7 +67,7 @@ def trainable_parameters(encoder: Encoder, top_layers: int | None) -> list[torch
     params = list(encoder.parameters())
     if top_layers is None:
         return params
-    n_layers = int(getattr(encoder.model.config, "num_hidden_layers"))
+    n_layers = int(encoder.model.config.num_hidden_layers)
     keep = {f"layer.{i}." for i in range(n_layers - top_layers, n_layers)} | {f"layers.{i}." for i in range(n_layers - top_layers, n_layers)}
     out = []
     for name, p in encoder.model.named_parameters():
