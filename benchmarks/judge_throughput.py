@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scheduler.embedded import free_port  # noqa: E402
 from schemas.taxonomy import default_taxonomy  # noqa: E402
 from workers.judges.api_judge import APIJudge  # noqa: E402
 from workers.judges.config import JudgeConfig  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def run(url: str, calls: int, concurrency: int) -> tuple[float, float, int]:

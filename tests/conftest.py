@@ -34,6 +34,16 @@ def shared_data() -> Path:
     return SHARED
 
 
+def vidb_sample() -> dict:
+    """The upstream VIDB sample of all four theories: value → bin → [{text, intensity}]."""
+    import json
+
+    data = {}
+    for t in ("pvq", "mft", "duty", "right"):
+        data.update(json.loads((shared_data() / "vidb-sample" / f"{t}.json").read_text()))
+    return data
+
+
 async def _admin(sql: str) -> None:
     conn = await asyncpg.connect(ADMIN_PG)
     try:

@@ -1,11 +1,10 @@
 import asyncio
-import json
 
 import numpy as np
 import pytest
 
 from schemas.taxonomy import default_taxonomy
-from tests.conftest import open_test_store, shared_data
+from tests.conftest import open_test_store, vidb_sample
 from tests.fake_openai import ServerThread
 from workers.judges.api_judge import APIJudge, parse_retry_after
 from workers.judges.config import JudgeConfig, load_judges
@@ -170,13 +169,6 @@ def test_both_orders_are_asked_and_merged(server):
 
 
 # -- real models ----------------------------------------------------------------------------------
-def _vidb_sample():
-    data = {}
-    for t in ("pvq", "mft", "duty", "right"):
-        data.update(json.loads((shared_data() / "vidb-sample" / f"{t}.json").read_text()))
-    return data
-
-
 def pairwise_agreement(scores, truth):
     s, y = np.asarray(scores), np.asarray(truth)
     d = (s[:, None] - s[None]) * (y[:, None] - y[None])
@@ -186,7 +178,7 @@ def pairwise_agreement(scores, truth):
 
 def test_embedding_judge_orders_vidb_sample_better_than_chance(embedding_judge, capsys):
     agreements = []
-    for value, bins in _vidb_sample().items():
+    for value, bins in vidb_sample().items():
         items = [x for b in bins.values() for x in b]
         s = asyncio.run(embedding_judge.project(value, [x["text"] for x in items]))
         agreements.append(pairwise_agreement(s, [x["intensity"] for x in items]))
@@ -197,7 +189,7 @@ def test_embedding_judge_orders_vidb_sample_better_than_chance(embedding_judge, 
 
 
 def test_embedding_judge_ranks_real_windows(embedding_judge):
-    sample = _vidb_sample()["care-harm"]
+    sample = vidb_sample()["care-harm"]
     texts = [sample["2"][0]["text"], sample["-2"][0]["text"], sample["1"][0]["text"], sample["-1"][0]["text"]]
     r = embedding_judge.rank(VALUE, texts)
     assert r.ok and sorted(r.order) == [0, 1, 2, 3]
@@ -213,7 +205,7 @@ def local_judge():
 
 
 def test_local_llm_judge_ranks_real_windows(local_judge, capsys):
-    sample = _vidb_sample()
+    sample = vidb_sample()
     windows = []
     for value in ("care-harm", "fairness-cheating", "benevolence"):
         b = sample[value]

@@ -1,7 +1,6 @@
 """The API judge against a real OpenAI-compatible server: llama.cpp serving SmolLM2 on 127.0.0.1."""
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -10,7 +9,8 @@ import urllib.request
 import pytest
 
 from schemas.taxonomy import default_taxonomy
-from tests.test_judges import _vidb_sample
+from scheduler.embedded import free_port
+from tests.conftest import vidb_sample
 from workers.judges.api_judge import APIJudge
 from workers.judges.config import JudgeConfig
 from workers.judges.local_llm import smollm2_gguf
@@ -18,9 +18,7 @@ from workers.judges.local_llm import smollm2_gguf
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(tmp_path_factory.mktemp("llama") / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
@@ -43,7 +41,7 @@ def llama_server(tmp_path_factory):
 
 
 def _windows():
-    sample = _vidb_sample()
+    sample = vidb_sample()
     out = []
     for value in ("care-harm", "fairness-cheating", "benevolence", "achievement"):
         b = sample[value]

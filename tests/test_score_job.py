@@ -8,14 +8,7 @@ import asyncpg
 import pytest
 from scipy.stats import spearmanr
 
-from tests.conftest import run_cli, shared_data
-
-
-def _sample():
-    data = {}
-    for t in ("pvq", "mft", "duty", "right"):
-        data.update(json.loads((shared_data() / "vidb-sample" / f"{t}.json").read_text()))
-    return data
+from tests.conftest import run_cli, shared_data, vidb_sample
 
 
 def _q(url, sql, *args):
@@ -51,7 +44,7 @@ def _write_inputs(path, texts):
 
 
 def test_200_texts_two_values_end_to_end_with_export(env, workers, tmp_path, pg_url, capsys):
-    sample = _sample()
+    sample = vidb_sample()
     values = ["care-harm", "benevolence"]
     known = {}  # text -> (value, intensity) for the sample texts of the scored values
     texts = []
