@@ -68,7 +68,12 @@ def cross_anchor_of(anchors: list[CrossAnchor]) -> dict[str, str]:
 
 
 def value_levels(value: str, theory: str | None = None) -> tuple[str, str, str]:
-    path = default_taxonomy().path(value, theory)
+    """Level-1..3 nodes of a value's path. A theory's single top node (``ross_duties``,
+    ``human_rights``) is dropped like pvq's and mft's ``root``: every value shares it, so as a
+    level it would only group texts by direction."""
+    tax = default_taxonomy()
+    v = tax.get(value, theory)
+    path = [n for n in tax.path(v.name, v.theory) if n != tax.theories[v.theory].top]
     return tuple(path[min(i, len(path) - 1)] for i in range(LEVELS))  # type: ignore[return-value]
 
 
