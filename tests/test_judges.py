@@ -43,6 +43,9 @@ def test_prompt_names_theory_definition_and_all_texts():
     assert "Moral Foundations Theory" in user and VALUE.definition in user
     assert all(f"Text {i}: {t}" in user for i, t in enumerate(WINDOW, 1))
     assert "Rank 1" in user and "most strongly opposes" in user
+    assert "upholds the moral foundation" in user  # the theory's own terms
+    duty = build_messages(default_taxonomy().get("fidelity"), WINDOW)[1]["content"]
+    assert "Ross" in duty and "fulfils the duty" in duty
     one_shot = build_messages(VALUE, WINDOW, one_shot=True)[1]["content"]
     assert "Example" in one_shot and len(one_shot) > len(user)
 

@@ -19,6 +19,14 @@ THEORY_FRAMES = {
     "right": "Karel Vasak's three generations of human rights",
 }
 
+# What "supports" and "opposes" mean in each theory's own terms.
+THEORY_POLES = {
+    "pvq": ("acts on or endorses the value as a guiding motivation", "acts against it or rejects it as a motivation"),
+    "mft": ("upholds the moral foundation (its virtues)", "violates it (its vices)"),
+    "duty": ("fulfils the duty", "breaches or neglects the duty"),
+    "right": ("respects, protects or advances the right", "violates, denies or undermines the right"),
+}
+
 SYSTEM = (
     "You are a careful annotator of human values in text. You compare texts by how strongly each "
     "one expresses support for, or opposition to, a given value."
@@ -50,10 +58,12 @@ def build_messages(value: Value, texts: list[str], one_shot: bool = False) -> li
     """Chat messages asking the judge to rank ``texts`` for ``value``."""
     frame = THEORY_FRAMES.get(value.theory, value.theory)
     definition = value.definition or default_taxonomy().definition(value.name, value.theory)
+    pro, con = THEORY_POLES.get(value.theory, ("supports the value", "opposes the value"))
     head = (
         f"Value theory: {frame}.\n"
         f"Value: {_label(value)}\n"
-        f"Definition: {definition}\n\n"
+        f"Definition: {definition}\n"
+        f"A text supports it when it {pro}; it opposes it when it {con}.\n\n"
     )
     shot = ""
     if one_shot:
