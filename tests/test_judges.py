@@ -200,11 +200,31 @@ def test_embedding_judge_ranks_real_windows(embedding_judge):
 
 
 @pytest.fixture(scope="session")
-def local_judge():
+def local_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("vfhome")
+
+
+@pytest.fixture(scope="session")
+def local_judge(local_home):
+    """Loaded from the GGUF file in a fresh state folder: exercises the one-time conversion."""
     from workers.judges.config import BUILTIN
     from workers.judges.local_llm import LocalLLMJudge
 
-    return LocalLLMJudge(BUILTIN["smollm2"])
+    return LocalLLMJudge(BUILTIN["smollm2"], home=local_home)
+
+
+def test_local_model_conversion_is_cached(local_judge, local_home):
+    import time
+
+    from workers.judges.config import BUILTIN
+    from workers.judges.local_llm import LocalLLMJudge, converted_dir, smollm2_gguf
+
+    target = converted_dir(smollm2_gguf(), local_home)
+    stamp = (target / "model.safetensors").stat().st_mtime
+    t0 = time.monotonic()
+    again = LocalLLMJudge(BUILTIN["smollm2"], home=local_home)
+    assert (target / "model.safetensors").stat().st_mtime == stamp  # not converted twice
+    assert time.monotonic() - t0 < 10 and again.lm.config.model_type == "llama"
 
 
 def test_local_llm_judge_ranks_real_windows(local_judge, capsys):
