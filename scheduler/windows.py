@@ -37,7 +37,8 @@ def bucket_members(intensity: np.ndarray, n_bins: int) -> list[np.ndarray]:
 
 def draw_anchors(pool: AnchorPool, n_windows: int, n: int, mode: str, rng: np.random.Generator,
                  exclude_text: np.ndarray | None = None) -> np.ndarray:
-    """(n_windows, n) indices into the pool, distinct within each row, sorted by bin/intensity.
+    """(n_windows, n) indices into the pool, distinct within each row; in bucket mode column j comes
+    from intensity bin j (or its nearest non-empty neighbour).
 
     ``exclude_text[w]`` is a text id the row must not use (the scored text itself, when it is
     also a VIDB item).
@@ -47,15 +48,15 @@ def draw_anchors(pool: AnchorPool, n_windows: int, n: int, mode: str, rng: np.ra
         raise ValueError(f"value {pool.value!r} has {size} VIDB items; windows of k={n + 1} need at least {n}")
     out = np.empty((n_windows, n), dtype=np.intp)
     if mode == "random":
-        keys = rng.random((n_windows, size))
-        if exclude_text is not None:
-            keys[pool.text_ids[None, :] == exclude_text[:, None]] = np.inf
-        out[:] = np.argsort(keys, axis=1)[:, :n]
-        return out
-    bins = bucket_members(pool.intensity, n)
-    nonempty = [i for i, b in enumerate(bins) if len(b)]
-    # an empty bin borrows from its nearest non-empty neighbour
-    src = [bins[min(nonempty, key=lambda i: (abs(i - j), i))] for j in range(n)]
+        bins = [np.arange(size)]
+        nonempty = [0]
+        src = bins * n
+    else:
+        bins = bucket_members(pool.intensity, n)
+        nonempty = [i for i, b in enumerate(bins) if len(b)]
+        # an empty bin borrows from its nearest non-empty neighbour
+        src = [bins[min(nonempty, key=lambda i: (abs(i - j), i))] for j in range(n)]
+    # draw independently, then redraw the entries that repeat an anchor or are the scored text
     out[:] = np.column_stack([b[rng.integers(len(b), size=n_windows)] for b in src])
     bad_text = np.full(n_windows, -1) if exclude_text is None else exclude_text
     for _ in range(50):

@@ -38,7 +38,7 @@ def score_rows(rows, mode: str, judge: str, guard_margin: float = 0.5) -> list[t
     keys, item, x, failed = windows_to_arrays(rows)
     used = np.bincount(item, minlength=len(keys)) if len(item) else np.zeros(len(keys), int)
     out = []
-    util = se = inten = inten_se = np.full(len(keys), np.nan)
+    util, se, inten, inten_se = (np.full(len(keys), np.nan) for _ in range(4))
     if len(item):
         if mode == "calibrated":
             try:

@@ -17,11 +17,11 @@ def judge_chunk(job_id: str, chunk_no: int) -> dict:
 def embed(**body) -> dict:
     """Embed texts, caching vectors in the store by (model version, text hash)."""
     from workers.hives.embed import embed_cached
+    from workers.hives.encoder import Encoder
 
     msg = EmbedTask(**body)
     store = runtime.store()
-    encoder = runtime.cached(f"encoder:{msg.model}", lambda: __import__(
-        "workers.hives.encoder", fromlist=["Encoder"]).Encoder(msg.model))
+    encoder = runtime.cached(f"encoder:{msg.model}", lambda: Encoder(msg.model))
     vectors, computed = runtime.run(embed_cached(store, encoder, msg.texts, msg.batch_size))
     return {"model_version": encoder.version, "device": encoder.device_name, "computed": computed,
             "dim": int(vectors.shape[1]), "vectors": vectors.tolist()}
