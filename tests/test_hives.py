@@ -221,3 +221,26 @@ def test_embed_task_runs_through_a_gpu_queue_worker(env, workers, pg_url):
         finally:
             await conn.close()
     assert asyncio.run(count()) == 2
+
+
+def test_hives_cli_extract_profile_eval(tmp_path):
+    import os
+
+    from tests.conftest import ROOT, run_cli
+
+    e = dict(os.environ, VALUEFLOW_HOME=str(tmp_path / "home"))
+    out = tmp_path / "ext.jsonl"
+    run_cli(["hives", "extract", str(ROOT / "examples" / "texts.jsonl"), "--top-k", "2", "-o", str(out)], e, check=True)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 20 and lines[0]["id"] == "t01" and len(lines[0]["values"]["duty"]) == 2
+    prof = tmp_path / "profile.json"
+    run_cli(["hives", "profile", str(ROOT / "examples" / "texts.jsonl"), "-o", str(prof)], e, check=True)
+    assert json.loads(prof.read_text())["n_texts"] == 20
+    metrics = tmp_path / "m.json"
+    run_cli(["hives", "eval", "--vidb-json", str(shared_data() / "vidb-sample"), "-o", str(metrics)], e, check=True)
+    m = json.loads(metrics.read_text())
+    assert m["n_texts"] == 384 and 0 < m["hierarchical_ranking"]["accuracy"] < 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": ""}\n')
+    res = run_cli(["hives", "extract", str(bad)], e)
+    assert res.returncode != 0 and "bad.jsonl:1: field 'text': empty text" in res.stderr
