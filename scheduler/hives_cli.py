@@ -42,10 +42,10 @@ def hives() -> None:
 @click.option("--vidb-json", type=click.Path(exists=True, file_okay=False, path_type=Path), help="build rows from few-shot VIDB JSON files")
 @click.option("--cross-anchors", type=click.Path(exists=True, path_type=Path), help="cross-theory anchor table (CSV)")
 @click.option("--base-model", default=None, help="HF model name or path [default: all-MiniLM-L6-v2 offline]")
-@click.option("--stage1-steps", default=150, show_default=True)
-@click.option("--stage2-steps", default=100, show_default=True)
-@click.option("--lr", default=5e-5, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--stage1-steps", type=int, help="[default: TrainConfig, 60]")
+@click.option("--stage2-steps", type=int, help="[default: TrainConfig, 40]")
+@click.option("--lr", type=float, help="[default: TrainConfig, 2e-5]")
+@click.option("--seed", type=int, help="[default: 0]")
 @click.option("--device", default=None, help="cuda / cpu [default: cuda when available]")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="continue from a checkpoint")
 def hives_train(out_dir, data, vidb_json, cross_anchors, base_model, stage1_steps, stage2_steps, lr, seed, device, resume):
@@ -54,8 +54,9 @@ def hives_train(out_dir, data, vidb_json, cross_anchors, base_model, stage1_step
     from workers.hives.train import TrainConfig, train
 
     rows = _rows(data, vidb_json, cross_anchors)
-    cfg = TrainConfig(base_model=base_model, stage1_steps=stage1_steps, stage2_steps=stage2_steps, lr=lr, seed=seed,
-                      device=device)
+    given = dict(stage1_steps=stage1_steps, stage2_steps=stage2_steps, lr=lr, seed=seed)
+    # unset options fall back to TrainConfig, the one place the defaults live
+    cfg = TrainConfig(base_model=base_model, device=device, **{k: v for k, v in given.items() if v is not None})
     path = train(rows, out_dir, cfg, cross=load_cross_anchors(cross_anchors), resume=resume)
     click.echo(f"checkpoint written to {path}")
 
@@ -158,13 +159,13 @@ def hives_profile(input_path, model, top_k, judge, text_field, output):
 
         cfg = get_judge_config(judge)
         j = EmbeddingJudge(cfg, encoder=enc) if cfg.kind == "embedding" and cfg.encoder == model else make_judge(cfg)
-        touched = profile(ext)["values"]
-        vals = [default_taxonomy().get(v) for v in touched]
-        scores = {}
+        # score each text only for the values it touches
         touches = [{h["value"] for hits in e.values() for h in hits} for e in ext]
-        for item_no, value, _, _, inten, _, used, _, _ in score_texts_sync(texts, vals, j):
-            if used and value in touches[item_no]:  # only the values this text touches
-                scores.setdefault(value, []).append(inten)
+        scores = {}
+        for value in profile(ext)["values"]:
+            idx = [i for i, t in enumerate(touches) if value in t]
+            rows = score_texts_sync([texts[i] for i in idx], [default_taxonomy().get(value)], j)
+            scores[value] = [inten for _, _, _, _, inten, _, used, _, _ in rows if used]
     text = json.dumps(profile(ext, scores), indent=2)
     if output:
         output.write_text(text)

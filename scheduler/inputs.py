@@ -23,7 +23,8 @@ class InputRow:
     text: str
 
 
-def _rows(path: Path, text_col: str):
+def iter_records(path: Path, text_col: str):
+    """(line, record) pairs of a JSONL, CSV or Parquet file; ``text_col`` must be a CSV/Parquet column."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         with path.open(encoding="utf-8") as fh:
@@ -65,7 +66,7 @@ def read_inputs(path: str | Path, id_col: str = "id", text_col: str = "text") ->
         raise InputError(f"{path}: no such file")
     out: list[InputRow] = []
     seen: dict[str, int] = {}
-    for lineno, row in _rows(path, text_col):
+    for lineno, row in iter_records(path, text_col):
         if text_col not in row or row[text_col] is None:
             raise InputError(f"{path}:{lineno}: field {text_col!r}: missing")
         text = row[text_col]

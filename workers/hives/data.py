@@ -9,9 +9,10 @@ same across theories, from a table the team ships or the user supplies).
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from schemas.seed import seed_vidb
 from schemas.taxonomy import default_taxonomy
@@ -43,6 +44,17 @@ class CrossAnchor:
     anchor: str
     description: str
     members: tuple[str, ...]  # "theory:value"
+
+
+def prefix_ids(rows: list[Row]) -> np.ndarray:
+    """(n, 3) integer ids of each row's level-1/2/3 path prefix (theory included): rows share an id
+    at level l exactly when they share the path down to level l."""
+    out = np.zeros((len(rows), LEVELS), dtype=np.int64)
+    for l in range(LEVELS):
+        keys = [(r.theory,) + r.levels[: l + 1] for r in rows]
+        uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        out[:, l] = [uniq[k] for k in keys]
+    return out
 
 
 def load_cross_anchors(path: str | Path | None = None) -> list[CrossAnchor]:
@@ -104,31 +116,26 @@ def seed_rows(cross_path: str | Path | None = None) -> list[Row]:
 
 def vidb_sample_rows(directory: str | Path, cross_path: str | Path | None = None) -> list[Row]:
     """Rows from upstream few-shot VIDB JSON files (``{value: {bin: [{text, intensity}]}}``)."""
+    from scheduler.vidb_import import read_vidb_json
+
     items: dict[str, list[tuple[str, float]]] = {}
     for f in sorted(Path(directory).glob("*.json")):
-        for value, bins in json.loads(f.read_text()).items():
-            for b in bins.values():
-                items.setdefault(value, []).extend((x["text"], float(x["intensity"])) for x in b)
+        for value, rows in read_vidb_json(f).items():
+            items.setdefault(value, []).extend(rows)
     return rows_from_vidb(items, cross_path)
 
 
 def read_rows(path: str | Path, cross_path: str | Path | None = None) -> list[Row]:
-    """User rows from CSV/JSONL with ``text, value, direction`` (levels and anchors are derived
+    """User rows from CSV/JSONL/Parquet with ``text, value, direction`` (levels and anchors are derived
     from the taxonomy when absent). Errors name file, line and field."""
+    from scheduler.inputs import InputError, iter_records
+
     path = Path(path)
     cross = cross_anchor_of(load_cross_anchors(cross_path))
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            records = [(n, r) for n, r in enumerate(csv.DictReader(fh), 2)]
-    else:
-        with path.open(encoding="utf-8") as fh:
-            records = []
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        records.append((n, json.loads(line)))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{n}: malformed JSON ({exc.msg})") from None
+    try:
+        records = list(iter_records(path, "text"))
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
     out = []
     for n, r in records:
         for field in ("text", "value", "direction"):

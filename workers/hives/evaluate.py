@@ -21,17 +21,7 @@ from collections import Counter
 
 import numpy as np
 
-from workers.hives.data import Row
-
-
-def _prefix_ids(rows: list[Row]) -> np.ndarray:
-    """(n, 3) ids of the level-1/2/3 path prefixes (theory included)."""
-    out = np.zeros((len(rows), 3), dtype=int)
-    for l in range(3):
-        keys = [(r.theory,) + r.levels[: l + 1] for r in rows]
-        uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-        out[:, l] = [uniq[k] for k in keys]
-    return out
+from workers.hives.data import Row, prefix_ids
 
 
 def hierarchical_ranking_accuracy(emb: np.ndarray, rows: list[Row]) -> dict:
@@ -42,7 +32,7 @@ def hierarchical_ranking_accuracy(emb: np.ndarray, rows: list[Row]) -> dict:
     right. ``accuracy`` averages it over all (anchor, bin pair) tests; ``tuple_accuracy`` is the
     share of anchors whose mean similarity per bin falls strictly from bin 1 to bin 5.
     """
-    P = _prefix_ids(rows)
+    P = prefix_ids(rows)
     d = np.array([r.direction for r in rows])
     theory = np.array([r.theory for r in rows])
     sim = emb @ emb.T
@@ -71,7 +61,7 @@ def hierarchical_ranking_accuracy(emb: np.ndarray, rows: list[Row]) -> dict:
 
 
 def label_overlap(rows: list[Row]) -> np.ndarray:
-    P = _prefix_ids(rows)
+    P = prefix_ids(rows)
     shared = sum((P[:, l][:, None] == P[:, l][None, :]).astype(float) for l in range(3)) / 3.0
     d = np.array([r.direction for r in rows])
     sign = np.where(d[:, None] == d[None, :], 1.0, -1.0)
@@ -109,7 +99,7 @@ def orthogonality(emb: np.ndarray, rows: list[Row]) -> dict:
 
 
 def knn_accuracy(emb: np.ndarray, rows: list[Row], k: int = 5) -> dict:
-    P = _prefix_ids(rows)
+    P = prefix_ids(rows)
     d = np.array([r.direction for r in rows])
     sim = emb @ emb.T
     np.fill_diagonal(sim, -np.inf)

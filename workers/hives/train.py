@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from workers.hives.data import CrossAnchor, Row, anchor_texts
+from workers.hives.data import CrossAnchor, Row, anchor_texts, prefix_ids
 from workers.hives.encoder import Encoder
 from workers.hives.losses import hierarchical_supcon, stage2_loss
 
@@ -118,7 +118,7 @@ def train(rows: list[Row], out_dir: str | Path, cfg: TrainConfig | None = None, 
             idx = _batch(rows, by_theory, cfg, rng)
             batch = [rows[i] for i in idx]
             emb = encoder([r.text for r in batch])
-            levels = torch.stack([_ids([(r.theory,) + r.levels[: l + 1] for r in batch]) for l in range(3)], 1).to(emb.device)
+            levels = torch.from_numpy(prefix_ids(batch)).to(emb.device)
             direction = _ids([r.direction for r in batch]).to(emb.device)
             if stage == 1:
                 loss = hierarchical_supcon(emb, levels, direction, cfg.tau, cfg.penalty)
