@@ -10,7 +10,7 @@ import asyncio
 
 import numpy as np
 
-from scheduler.windows import AnchorPool, plan_windows
+from workers.jobs.windows import AnchorPool, plan_windows
 from schemas.seed import seed_vidb
 from schemas.taxonomy import Value
 from workers.judges.base import Judge

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scheduler.inputs import InputRow
-from scheduler.windows import AnchorPool, plan_windows
+from workers.io.inputs import InputRow
+from workers.jobs.windows import AnchorPool, plan_windows
 from schemas.messages import ChunkTask, ScoreJobSpec
 from schemas.taxonomy import Value
 from workers.judges.config import get_judge_config

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.anchored import UPSTREAM_PRIOR, fit_judge_scale, score_anchored, score_calibrated
-from workers.calibration import HIGH, LOW
+from workers.stats.anchored import UPSTREAM_PRIOR, fit_judge_scale, score_anchored, score_calibrated
+from workers.stats.calibration import HIGH, LOW
 from workers.store import Store
 
 

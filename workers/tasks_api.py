@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.celery_app import app
+from workers.tasks.app import app
 from workers.tasks_common import RETRY, judge_and_hand_off
 
 

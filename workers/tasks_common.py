@@ -6,7 +6,7 @@ import asyncpg
 
 from schemas.messages import ChunkTask
 from schemas.settings import load_settings
-from workers import runtime
+from workers.tasks import runtime
 from workers.judging import judge_chunk
 from workers.judges.registry import make_judge
 

@@ -6,7 +6,7 @@ import os
 import socket
 
 from schemas.messages import PingTask
-from workers.celery_app import app
+from workers.tasks.app import app
 
 
 @app.task(name="valueflow.ping", bind=True, ignore_result=False)

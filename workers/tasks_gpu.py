@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from schemas.messages import EmbedTask
-from workers import runtime
-from workers.celery_app import app
+from workers.tasks import runtime
+from workers.tasks.app import app
 from workers.tasks_common import RETRY, judge_and_hand_off
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from schemas.messages import ChunkTask
-from workers import runtime
-from workers.celery_app import app
+from workers.tasks import runtime
+from workers.tasks.app import app
 from workers.scoring import score_chunk as score_chunk_lib
 from workers.tasks_common import RETRY
 

@@ -116,7 +116,7 @@ def seed_rows(cross_path: str | Path | None = None) -> list[Row]:
 
 def vidb_sample_rows(directory: str | Path, cross_path: str | Path | None = None) -> list[Row]:
     """Rows from upstream few-shot VIDB JSON files (``{value: {bin: [{text, intensity}]}}``)."""
-    from scheduler.vidb_import import read_vidb_json
+    from workers.io.vidb_files import read_vidb_json
 
     items: dict[str, list[tuple[str, float]]] = {}
     for f in sorted(Path(directory).glob("*.json")):
@@ -128,7 +128,7 @@ def vidb_sample_rows(directory: str | Path, cross_path: str | Path | None = None
 def read_rows(path: str | Path, cross_path: str | Path | None = None) -> list[Row]:
     """User rows from CSV/JSONL/Parquet with ``text, value, direction`` (levels and anchors are derived
     from the taxonomy when absent). Errors name file, line and field."""
-    from scheduler.inputs import InputError, iter_records
+    from workers.io.inputs import InputError, iter_records
 
     path = Path(path)
     cross = cross_anchor_of(load_cross_anchors(cross_path))

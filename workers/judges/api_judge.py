@@ -23,7 +23,7 @@ import aiohttp
 from workers.judges.base import Completion, LLMJudge
 from workers.judges.config import JudgeConfig
 from workers.judges.prompts import ranking_schema
-from workers.judges.rate_limit import TokenBucket
+from workers.llm.rate_limit import TokenBucket
 
 log = logging.getLogger(__name__)
 

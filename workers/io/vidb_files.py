@@ -16,7 +16,7 @@ import math
 import re
 from pathlib import Path
 
-from scheduler.inputs import InputError
+from workers.io.inputs import InputError
 from schemas.seed import seed_vidb
 from schemas.taxonomy import default_taxonomy
 

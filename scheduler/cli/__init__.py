@@ -23,7 +23,7 @@ def resolve_urls() -> tuple[str, str]:
     """Configured URLs, or the embedded servers (started or reused); exported for child processes."""
     settings = load_settings()
     if settings.embedded:
-        from scheduler.embedded import ensure_running
+        from workers.infra.embedded import ensure_running
 
         with console.status("starting the embedded PostgreSQL and Redis…"):
             env = ensure_running(settings.home)
@@ -33,7 +33,7 @@ def resolve_urls() -> tuple[str, str]:
 
 
 def celery_app(broker_url: str):
-    from workers.celery_app import app, configure
+    from workers.tasks.app import app, configure
 
     configure(broker_url)
     return app
@@ -82,7 +82,7 @@ def up() -> None:
 @main.command()
 def down() -> None:
     """Stop the embedded servers (their data stays in VALUEFLOW_HOME)."""
-    from scheduler.embedded import stop
+    from workers.infra.embedded import stop
 
     click.echo(" ".join(f"{k}={'stopped' if v else 'not running'}" for k, v in stop(load_settings().home).items()))
 
@@ -94,7 +94,7 @@ def status() -> None:
     if not settings.embedded:
         click.echo(f"database {redact(settings.database_url)}\nbroker   {redact(settings.broker_url)}")
         return
-    from scheduler.embedded import status as emb_status
+    from workers.infra.embedded import status as emb_status
 
     st = emb_status(settings.home)
     for name in ("postgres", "redis"):
@@ -109,7 +109,7 @@ def status() -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(queues: str, concurrency: int, pool: str, loglevel: str) -> None:
     """Start a worker consuming the given queues."""
-    from workers.celery_app import QUEUES
+    from workers.tasks.app import QUEUES
 
     bad = [q for q in queues.split(",") if q not in QUEUES]
     if bad:
@@ -179,7 +179,7 @@ def db_upgrade() -> None:
 def score(input_path, values, theories, judge, k, m, anchors, mode, seed, id_field, text_field, chunk_size, wait,
           local_worker, output) -> None:
     """Score INPUT's texts for value intensity in [-10, 10] through the queue."""
-    from scheduler.inputs import InputError, read_inputs
+    from workers.io.inputs import InputError, read_inputs
     from schemas.messages import ScoreJobSpec
     from schemas.taxonomy import UnknownValueError, default_taxonomy
     from workers.judges.config import get_judge_config
@@ -205,7 +205,7 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, seed, id_fie
 
     async def go(store):
         from scheduler import jobs
-        from scheduler.vidb_import import ensure_seed
+        from workers.io.vidb_files import ensure_seed
 
         await ensure_seed(store)
         try:
@@ -336,8 +336,8 @@ def vidb() -> None:
 @click.option("--value", default=None, help="value of a CSV whose name does not say it")
 def vidb_import(paths, value) -> None:
     """Load upstream VIDB files (per-value CSV text,final_rating or few-shot JSON)."""
-    from scheduler.inputs import InputError
-    from scheduler.vidb_import import import_rows, read_vidb
+    from workers.io.inputs import InputError
+    from workers.io.vidb_files import import_rows, read_vidb
 
     try:
         parsed = [(p, read_vidb(p, value)) for p in paths]  # all files validated before any write
@@ -354,7 +354,7 @@ def vidb_import(paths, value) -> None:
 @vidb.command("stats")
 def vidb_stats() -> None:
     async def go(store):
-        from scheduler.vidb_import import ensure_seed
+        from workers.io.vidb_files import ensure_seed
 
         await ensure_seed(store)
         for v, n in sorted((await store.vidb_counts()).items()):
@@ -362,7 +362,7 @@ def vidb_stats() -> None:
     run_with_store(go)
 
 
-from scheduler.hives_cli import hives  # noqa: E402  (registered last: heavy imports stay lazy)
+from scheduler.cli.hives import hives  # noqa: E402  (registered last: heavy imports stay lazy)
 
 main.add_command(hives)
 

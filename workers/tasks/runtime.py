@@ -10,7 +10,7 @@ import asyncio
 import os
 from typing import Any, Awaitable, TypeVar
 
-from workers.perf import tune_malloc
+from workers.infra.perf import tune_malloc
 from workers.store import Store, open_store
 
 tune_malloc()
@@ -53,7 +53,7 @@ def store() -> Store:
     if _store is None:
         url = os.environ.get("VALUEFLOW_DATABASE_URL")
         if not url:
-            from workers.celery_app import _urls
+            from workers.tasks.app import _urls
 
             url, _ = _urls()
         _store = run(open_store(url))

@@ -22,7 +22,7 @@ def _rows(data: Path | None, vidb_json_dir: Path | None, cross: Path | None):
 
 
 def _texts(path: Path, text_field: str) -> tuple[list[str], list[str]]:
-    from scheduler.inputs import InputError, read_inputs
+    from workers.io.inputs import InputError, read_inputs
 
     try:
         rows = read_inputs(path, text_col=text_field)

@@ -22,7 +22,7 @@ QUEUES = ("default", "gpu", "api", "refit")
 def _urls() -> tuple[str, str]:
     settings = load_settings()
     if settings.embedded:
-        from scheduler.embedded import ensure_running
+        from workers.infra.embedded import ensure_running
 
         env = ensure_running(settings.home)
         os.environ.update(env)
