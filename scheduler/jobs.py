@@ -1,4 +1,4 @@
-"""Submitting, resuming, cancelling, watching and exporting batch scoring jobs."""
+"""Operating jobs of every kind: submit, resume, cancel, wait, status, export."""
 
 from __future__ import annotations
 
@@ -7,135 +7,138 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from schemas.states import FINISHED, JobState
+from workers.jobs import lifecycle
+from workers.jobs.kind import JobKind
+from workers.jobs.registry import get_kind
+from workers.store import Store
+from workers.tasks.stage import send
 
-from workers.io.inputs import InputRow
-from workers.jobs.windows import AnchorPool, plan_windows
-from schemas.messages import ChunkTask, ScoreJobSpec
-from schemas.taxonomy import Value
-from workers.judges.config import get_judge_config
-from workers.store import Store, text_hash
-
-JUDGE_TASK = {"api": "valueflow.api.judge_chunk", "gpu": "valueflow.gpu.judge_chunk"}
-SCORE_TASK = "valueflow.refit.score_chunk"
+EXPORT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq")
 
 
 def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-async def anchor_pools(store: Store, values: list[Value], k: int) -> list[AnchorPool]:
-    pools = []
-    for v in values:
-        rows = await store.vidb(v.key)
-        if len(rows) < k - 1:
-            raise ValueError(f"value {v.key!r} has {len(rows)} VIDB items; windows of k={k} need at least {k - 1} "
-                             "(import more with 'valueflow vidb import')")
-        pools.append(AnchorPool(v.key, np.array([r["id"] for r in rows]), np.array([r["text_id"] for r in rows]),
-                                np.array([r["intensity"] for r in rows], dtype=float)))
-    return pools
-
-
-async def existing_text_ids(store: Store, texts: list[str]) -> np.ndarray:
-    """Text ids of inputs already stored (−1 otherwise), so a text is never its own anchor."""
-    hashes = [text_hash(t) for t in texts]
-    rows = await store.pool.fetch("SELECT sha256, id FROM texts WHERE sha256 = ANY($1::bytea[])", hashes)
-    ids = {bytes(r["sha256"]): r["id"] for r in rows}
-    return np.array([ids.get(h, -1) for h in hashes])
-
-
-async def submit_score_job(store: Store, app, spec: ScoreJobSpec, rows: list[InputRow], values: list[Value]) -> str:
-    """Plan every window, write the job in one transaction, then enqueue its chunks."""
-    judge = get_judge_config(spec.judge)
-    pools = await anchor_pools(store, values, spec.k)
-    item_text_ids = await existing_text_ids(store, [r.text for r in rows])
-    windows, chunks = plan_windows(item_text_ids, len(rows), pools, spec.k, spec.windows, spec.anchors,
-                                   spec.seed, spec.chunk_size)
+async def submit(store: Store, app, kind: JobKind, spec, plan: lifecycle.Planner) -> str:
+    """Stage, plan, make live and enqueue a job; returns its id."""
     job_id = new_job_id()
-    await store.create_job(job_id, "score", spec.model_dump(), [(i, r.ext_id, r.text) for i, r in enumerate(rows)],
-                           windows, [(c, judge.queue) for c in chunks])
-    enqueue(app, job_id, [(c, judge.queue, "pending") for c in chunks])
+    sends = await lifecycle.submit(store, kind, spec, job_id, plan)
+    send(app, sends)
     return job_id
-
-
-def enqueue(app, job_id: str, chunks: list[tuple[int, str, str]]) -> int:
-    """Send a judge task for each pending chunk and a score task for each judged one."""
-    for chunk_no, queue, state in chunks:
-        body = ChunkTask(job_id=job_id, chunk_no=chunk_no).model_dump()
-        if state == "judged":
-            app.send_task(SCORE_TASK, kwargs=body, queue="refit")
-        else:
-            app.send_task(JUDGE_TASK[queue], kwargs=body, queue=queue)
-    return len(chunks)
 
 
 async def resume(store: Store, app, job_id: str, retry_failed: bool = False) -> int:
     """Re-enqueue only what is missing; duplicates of tasks still queued are harmless (idempotent)."""
+    return send(app, await lifecycle.resume(store, job_id, retry_failed))
+
+
+async def cancel(store: Store, job_id: str) -> None:
     job = await store.job(job_id)
     if job is None:
         raise ValueError(f"no job {job_id!r}")
-    if job["state"] == "cancelled":
-        raise ValueError(f"job {job_id} was cancelled")
-    if retry_failed:
-        await store.reset_failed(job_id)
-    elif job["state"] == "done":
-        return 0
-    chunks = await store.unfinished_chunks(job_id)
-    return enqueue(app, job_id, [(c["chunk_no"], c["queue"], c["state"]) for c in chunks])
+    if job["state"] in FINISHED:
+        raise ValueError(f"job {job_id} already {job['state']}")
+    await store.set_job_state(job_id, JobState.CANCELLED)
 
 
-async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5, timeout_s: float | None = None) -> str:
-    """Block until the job leaves ``running``; a live bar shows windows, calls/s and ETA."""
+async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5,
+               timeout_s: float | None = None) -> str:
+    """Block until the job is finished; a live bar shows windows, calls/s and ETA."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     start = time.monotonic()
     prog = await store.job_progress(job_id)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]:.1f} judge calls/s · failed {task.fields[failed]} · scored {task.fields[scored]}"),
+                  TextColumn("{task.fields[rate]:.1f} windows/s · failed {task.fields[failed]} · {task.fields[state]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not show, transient=False) as bar:
-        task = bar.add_task(f"job {job_id}", total=prog["total"], rate=0.0, failed=0, scored=0)
+        task = bar.add_task(f"job {job_id}", total=prog["total"], rate=0.0, failed=0, state="running")
         first = prog["done"] + prog["failed"]
         while True:
             job = await store.job(job_id)
             prog = await store.job_progress(job_id)
             finished = prog["done"] + prog["failed"]
             rate = (finished - first) / max(time.monotonic() - start, 1e-9)
-            bar.update(task, completed=finished, rate=rate, failed=prog["failed"], scored=prog["scored"])
-            if job["state"] != "running":
+            bar.update(task, completed=finished, rate=rate, failed=prog["failed"], state=job["state"])
+            if job["state"] in FINISHED:
                 return job["state"]
             if timeout_s is not None and time.monotonic() - start > timeout_s:
-                return "running"
+                return job["state"]
             await asyncio.sleep(poll_s)
 
 
-EXPORT_COLUMNS = ["id", "value", "intensity", "stderr", "utility", "utility_se", "windows_used", "windows_failed", "judge"]
+async def status(store: Store, job_id: str) -> dict[str, Any]:
+    """Everything `jobs status` shows: state, per-stage progress, telemetry, judge health."""
+    job = await store.job(job_id)
+    if job is None:
+        raise ValueError(f"no job {job_id!r}")
+    kind = get_kind(job["kind"])
+    prog = await store.job_progress(job_id)
+    stages = []
+    n = job["n_chunks"]
+    for i, st in enumerate(kind.stages):
+        passed = sum(v for (s, state), v in prog["chunks"].items() if s > i or (s == i and state == "done"))
+        here = {state: v for (s, state), v in prog["chunks"].items() if s == i and state != "done"}
+        stages.append({"stage": st.name, "done": passed, "pending": here.get("pending", 0),
+                       "failed": here.get("failed", 0), "of": n})
+    return {"job": job_id, "kind": job["kind"], "state": job["state"], "error": job["error"],
+            "finalize_runs": job["finalize_runs"], "windows": {k: prog[k] for k in ("done", "failed", "total")},
+            "scored": prog["scored"], "stages": stages, "telemetry": await store.telemetry(job_id),
+            "health": [dict(h) for h in await store.health(job_id)]}
 
 
 async def export(store: Store, job_id: str, path: str | Path) -> int:
-    """Write the job's scores as JSONL, CSV or Parquet (by suffix); returns rows written."""
-    rows = [dict(r) for r in await store.export_scores(job_id)]
+    """Stream the job's results to JSONL, CSV or Parquet (by suffix) in batches; the file appears
+    whole or not at all. Judge health goes beside it (``<name>.health.json``) when the job has one."""
+    job = await store.job(job_id)
+    if job is None:
+        raise ValueError(f"no job {job_id!r}")
+    if job["state"] == JobState.FAILED:
+        raise ValueError(f"job {job_id} failed, nothing exported: {job['error']}")
+    kind = get_kind(job["kind"])
+    if kind.export_rows is None:
+        raise ValueError(f"jobs of kind {kind.name!r} have nothing to export")
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise ValueError(f"{path}: unsupported export format; use .jsonl, .csv or .parquet")
     tmp = path.with_name(path.name + ".part")
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        with tmp.open("w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    elif suffix == ".csv":
-        import csv
-
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-    elif suffix in (".parquet", ".pq"):
+    columns = list(kind.export_columns)
+    n = 0
+    batches = kind.export_rows(store, job_id)
+    if suffix in (".parquet", ".pq"):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(rows) if rows else pa.table({c: [] for c in EXPORT_COLUMNS})
-        pq.write_table(table, tmp)
+        writer = None
+        async for rows in batches:
+            table = pa.Table.from_pylist(rows)
+            writer = writer or pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            n += len(rows)
+        if writer is None:
+            pq.write_table(pa.table({c: [] for c in columns}), tmp)
+        else:
+            writer.close()
     else:
-        raise ValueError(f"{path}: unsupported export format; use .jsonl, .csv or .parquet")
+        import csv
+
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            w = None
+            if suffix == ".csv":
+                w = csv.DictWriter(fh, fieldnames=columns)
+                w.writeheader()
+            async for rows in batches:
+                if w is not None:
+                    w.writerows(rows)
+                else:
+                    fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                n += len(rows)
     tmp.replace(path)  # readers never see a half-written file
-    return len(rows)
+    health = [dict(h) for h in await store.health(job_id)]
+    if health:
+        path.with_name(path.name + ".health.json").write_text(json.dumps(health, indent=2, default=str) + "\n")
+    return n

@@ -9,18 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChunkTask(_Msg):
-    """Judge (or score) every pending window of one chunk of a job."""
+class StageTask(_Msg):
+    """Run one stage of a job kind over one chunk of a job."""
 
     job_id: str
     chunk_no: int = Field(ge=0)
+    stage: int = Field(ge=0)
+
+
+class FinalizeTask(_Msg):
+    """Run a job's finalize step (claimed once all chunks finished their last stage)."""
+
+    job_id: str
 
 
 class EmbedTask(_Msg):
@@ -38,8 +45,15 @@ class PingTask(_Msg):
 ScoreMode = Literal["upstream", "calibrated"]
 
 
+Layout = Literal["upstream", "shuffled"]
+
+
 class ScoreJobSpec(_Msg):
-    """Everything needed to plan, run and reproduce a batch scoring job."""
+    """Everything needed to plan, run and reproduce a batch scoring job.
+
+    ``layout`` defaults by mode: ``upstream`` mode shows the published layout (scored text first,
+    anchors in ascending bucket order), ``calibrated`` mode shuffles positions.
+    """
 
     input: str
     values: list[str]
@@ -49,7 +63,17 @@ class ScoreJobSpec(_Msg):
     anchors: Literal["bucket", "random"] = "bucket"
     seed: int = 0
     mode: ScoreMode = "upstream"
+    layout: Layout | None = None
+    empty_bucket: Literal["uniform", "nearest"] = "uniform"  # fill of an empty anchor bucket
     chunk_size: int = Field(default=256, ge=1)
+    min_anchor_tau: float | None = Field(default=None, ge=-1, le=1)
+    vidb_versions: dict[str, int] = Field(default_factory=dict)  # value → VIDB version planned against
+
+    @model_validator(mode="after")
+    def _default_layout(self):
+        if self.layout is None:
+            object.__setattr__(self, "layout", "upstream" if self.mode == "upstream" else "shuffled")
+        return self
 
 
 @dataclass(frozen=True, slots=True)

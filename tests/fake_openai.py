@@ -10,6 +10,8 @@ The requested ``model`` name picks the behaviour, so one server serves every sce
 * ``nonperm``       always answers ``[1, 1, 2]`` (never a permutation)
 * ``bad-request``   400 (must not be retried)
 * ``no-schema``     400 whenever ``response_format`` is present, ok otherwise
+* ``down-first-N``  the first N requests for this model (over all prompts) get 500, then ok
+* ``shown-order``   always ranks the texts in the order shown (a judge that copies the list)
 
 Counters are per (model, prompt), so concurrent scenarios do not interfere. ``stats`` records every
 request, the largest number in flight, and the ``response_format`` flags seen.
@@ -34,6 +36,7 @@ class FakeOpenAI:
         self.max_in_flight = 0
         self.seen: Counter = Counter()
         self.with_schema = 0
+        self.by_model: Counter = Counter()
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
 
@@ -48,6 +51,7 @@ class FakeOpenAI:
             key = (model, prompt)
             self.seen[key] += 1
             n = self.seen[key]
+            self.by_model[model] += 1
             if "response_format" in body:
                 self.with_schema += 1
             k = len(re.findall(r"Text \d+:", body["messages"][1]["content"]))
@@ -59,13 +63,20 @@ class FakeOpenAI:
                 await asyncio.sleep(4)
             if model == "badjson-once" and n == 1:
                 return web.Response(status=200, text="{not json", content_type="application/json")
+            if model.startswith("down-first-") and self.by_model[model] <= int(model.rsplit("-", 1)[1]):
+                return web.Response(status=500, text="judge temporarily down")
             if model == "bad-request":
                 return web.Response(status=400, text="bad request")
             if model == "no-schema" and "response_format" in body:
                 return web.Response(status=400, text="unsupported field: response_format")
             if self.delay:
                 await asyncio.sleep(self.delay)
-            answer = "[1, 1, 2]" if model == "nonperm" else json.dumps({"ranking": list(range(k, 0, -1))})
+            if model == "nonperm":
+                answer = "[1, 1, 2]"
+            elif model == "shown-order":
+                answer = json.dumps({"ranking": list(range(1, k + 1))})
+            else:
+                answer = json.dumps({"ranking": list(range(k, 0, -1))})
             return web.json_response({
                 "id": "x", "object": "chat.completion", "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],

@@ -91,10 +91,10 @@ def test_texts_are_deduplicated_by_content(pg_url):
 
 @pytest.mark.parametrize("queue", ["default", "gpu", "api", "refit"])
 def test_task_round_trip_through_broker_to_worker_subprocess(queue, env, workers):
-    from workers.celery_app import app, configure
+    from workers.tasks.app import app_for
 
     workers.start(queues=queue)
-    configure(env["VALUEFLOW_BROKER_URL"])
+    app = app_for(env["VALUEFLOW_BROKER_URL"])
     res = app.send_task("valueflow.ping", kwargs={"payload": f"hello-{queue}"}, queue=queue, ignore_result=False)
     out = res.get(timeout=120)
     assert out["payload"] == f"hello-{queue}" and out["queue"] == queue

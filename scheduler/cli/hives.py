@@ -49,15 +49,17 @@ def hives() -> None:
 @click.option("--device", default=None, help="cuda / cpu [default: cuda when available]")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), help="continue from a checkpoint")
 def hives_train(out_dir, data, vidb_json, cross_anchors, base_model, stage1_steps, stage2_steps, lr, seed, device, resume):
-    """Two-stage fine-tuning (hierarchical SupCon, then concept-anchor InfoNCE)."""
-    from workers.hives.data import load_cross_anchors
+    """Two-stage fine-tuning (hierarchical SupCon, then multi-positive contrastive on anchor ids)."""
     from workers.hives.train import TrainConfig, train
 
     rows = _rows(data, vidb_json, cross_anchors)
     given = dict(stage1_steps=stage1_steps, stage2_steps=stage2_steps, lr=lr, seed=seed)
     # unset options fall back to TrainConfig, the one place the defaults live
     cfg = TrainConfig(base_model=base_model, device=device, **{k: v for k, v in given.items() if v is not None})
-    path = train(rows, out_dir, cfg, cross=load_cross_anchors(cross_anchors), resume=resume)
+    try:
+        path = train(rows, out_dir, cfg, resume=resume)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"checkpoint written to {path}")
 
 
@@ -67,7 +69,8 @@ def hives_train(out_dir, data, vidb_json, cross_anchors, base_model, stage1_step
 @click.option("--vidb-json", type=click.Path(exists=True, file_okay=False, path_type=Path), help="few-shot VIDB JSON directory")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write the metrics as JSON")
 def hives_eval(model, data, vidb_json, output):
-    """Hierarchical ranking accuracy, similarity correlation, orthogonality, kNN accuracy."""
+    """Published metrics (strict hierarchical ranking accuracy, similarity correlation, orthogonality)
+    and ours (pairwise ranking accuracy, per-theory orthogonality, kNN accuracy)."""
     from workers.hives.encoder import Encoder
     from workers.hives.evaluate import evaluate
 
@@ -92,7 +95,7 @@ def hives_embed(input_path, model, text_field, via_queue, output):
 
     ids, texts = _texts(input_path, text_field)
     if via_queue:
-        from scheduler.cli import celery_app, resolve_urls
+        from scheduler.cli.common import celery_app, resolve_urls
 
         _, broker = resolve_urls()
         res = celery_app(broker).send_task("valueflow.gpu.embed", kwargs={"texts": texts, "model": model},

@@ -1,16 +1,20 @@
 """Per-process state of a worker: one event loop, one database pool, loaded judges and models.
 
-Celery's prefork children each build their own (pools and CUDA contexts must not cross a fork);
-everything is created lazily on first use and reused for the life of the process.
+Celery's prefork children each build their own (pools and CUDA contexts must not cross a fork):
+the ``worker_process_init`` signal resets this module in every child, ``worker_process_shutdown``
+closes the pool. Everything is created lazily on first use and reused for the life of the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Awaitable, TypeVar
+from typing import Awaitable, TypeVar
+
+from celery import signals
 
 from workers.infra.perf import tune_malloc
+from workers.jobs.kind import Resources
 from workers.store import Store, open_store
 
 tune_malloc()
@@ -23,20 +27,18 @@ T = TypeVar("T")
 
 _loop: asyncio.AbstractEventLoop | None = None
 _store: Store | None = None
-_pid: int | None = None
-_cache: dict[str, Any] = {}
+resources = Resources()
 
 
-def _check_fork() -> None:
-    global _loop, _store, _pid
-    if _pid != os.getpid():
-        _loop, _store, _pid = None, None, os.getpid()
-        _cache.clear()
+def reset() -> None:
+    """Forget the parent's loop, pool and models (after a fork)."""
+    global _loop, _store
+    _loop, _store = None, None
+    resources.clear()
 
 
 def loop() -> asyncio.AbstractEventLoop:
     global _loop
-    _check_fork()
     if _loop is None or _loop.is_closed():
         _loop = asyncio.new_event_loop()
     return _loop
@@ -49,20 +51,23 @@ def run(coro: Awaitable[T]) -> T:
 
 def store() -> Store:
     global _store
-    _check_fork()
     if _store is None:
-        url = os.environ.get("VALUEFLOW_DATABASE_URL")
-        if not url:
-            from workers.tasks.app import _urls
+        from workers.infra.urls import resolve_urls
 
-            url, _ = _urls()
+        url = os.environ.get("VALUEFLOW_DATABASE_URL") or resolve_urls()[0]
         _store = run(open_store(url))
     return _store
 
 
-def cached(key: str, factory):
-    """Process-wide memo for expensive objects (judges, encoders)."""
-    _check_fork()
-    if key not in _cache:
-        _cache[key] = factory()
-    return _cache[key]
+@signals.worker_process_init.connect
+def _child_started(**_) -> None:
+    reset()
+
+
+@signals.worker_process_shutdown.connect
+def _child_stopping(**_) -> None:
+    if _store is not None and _loop is not None and not _loop.is_closed():
+        try:
+            run(_store.close())
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass

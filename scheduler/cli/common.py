@@ -1,0 +1,64 @@
+"""What every command group shares: the console, connections, a worker subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def resolve_urls() -> tuple[str, str]:
+    """Configured URLs, or the embedded servers (started or reused, with a spinner)."""
+    from workers.infra.urls import resolve_urls as resolve
+
+    return resolve(lambda: console.status("starting the embedded PostgreSQL and Redis…"))
+
+
+def celery_app(broker_url: str):
+    from workers.tasks.app import app_for
+
+    return app_for(broker_url)
+
+
+async def _with_store(fn, *args, migrate: bool = True):
+    from workers.store import open_store
+
+    db, _ = resolve_urls()
+    store = await open_store(db, migrate=migrate)
+    try:
+        return await fn(store, *args)
+    finally:
+        await store.close()
+
+
+def run_with_store(fn, *args, migrate: bool = True):
+    """Run ``fn(store, *args)``; a ValueError becomes a one-line CLI error."""
+    try:
+        return asyncio.run(_with_store(fn, *args, migrate=migrate))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def spawn_worker(queues: str = "default,gpu,api,refit", concurrency: int = 1, log: Path | None = None) -> subprocess.Popen:
+    """A worker subprocess of this CLI (used by ``--wait`` on the embedded default)."""
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-Q", queues, "-c", str(concurrency),
+                             "--loglevel", "WARNING"], stdout=out, stderr=out, env=os.environ.copy(),
+                            start_new_session=True)
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

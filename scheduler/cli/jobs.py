@@ -1,0 +1,159 @@
+"""``valueflow jobs list|status|wait|resume|cancel|export``: every job kind, one set of commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from scheduler.cli.common import celery_app, console, resolve_urls, run_with_store, spawn_worker, stop_worker
+
+
+@click.group()
+def jobs() -> None:
+    """Inspect and operate jobs of every kind."""
+
+
+@jobs.command("list")
+@click.option("--limit", default=20, show_default=True)
+def jobs_list(limit: int) -> None:
+    async def go(store):
+        click.echo(f"{'job':24} {'kind':10} {'state':10} {'items':>8} {'windows':>9}  created")
+        for j in await store.jobs(limit):
+            click.echo(f"{j['id']:24} {j['kind']:10} {j['state']:10} {j['n_items']:>8} {j['n_windows']:>9}  "
+                       f"{j['created_at']:%Y-%m-%d %H:%M:%S}")
+    run_with_store(go)
+
+
+def _fmt(x, spec: str = ".2f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+async def print_status(store, job_id: str, as_json: bool = False) -> dict:
+    from scheduler import jobs as J
+
+    st = await J.status(store, job_id)
+    if as_json:
+        click.echo(json.dumps(st, default=str, indent=2))
+        return st
+    w = st["windows"]
+    click.echo(f"{job_id} [{st['kind']}] {st['state']}: windows {w['done']} done, {w['failed']} failed of "
+               f"{w['total']}; {st['scored']} scores" + (f"\n  error: {st['error']}" if st["error"] else ""))
+    for s in st["stages"]:
+        click.echo(f"  stage {s['stage']:10} {s['done']:>7}/{s['of']} chunks done"
+                   + (f", {s['pending']} pending" if s["pending"] else "") + (f", {s['failed']} failed" if s["failed"] else ""))
+    t = st["telemetry"]
+    rate = f"{t['windows_per_s']:.1f} windows/s" if t["windows_per_s"] else "—"
+    click.echo(f"  judge: {t['calls']} calls ({t['cached']} cached), tokens {t['tokens_in']} in / {t['tokens_out']} out, "
+               f"latency p50 {_fmt(t['p50'], '.3f')} s p95 {_fmt(t['p95'], '.3f')} s, {rate}")
+    if t["failures"]:
+        click.echo("  failures: " + ", ".join(f"{c} {n}" for c, n in t["failures"].items()))
+    if st["health"]:
+        tab = Table(title="judge health (anchor-order agreement)")
+        for c in ("value", "judge", "windows", "failed", "tau [95% CI]", "beta", "shown order", "1st pos wins", "verdict"):
+            tab.add_column(c)
+        for h in st["health"]:
+            tab.add_row(h["value"], h["judge"], str(h["windows"]), str(h["windows_failed"]),
+                        f"{_fmt(h['anchor_tau'], '+.2f')} [{_fmt(h['anchor_tau_lo'], '+.2f')}, {_fmt(h['anchor_tau_hi'], '+.2f')}]",
+                        _fmt(h["beta"]), _fmt(h["shown_order_share"], ".0%"), _fmt(h["first_position_win"], ".0%"),
+                        h["verdict"])
+        console.print(tab)
+        for h in st["health"]:
+            if h["verdict"] != "ok":
+                click.secho(f"WARNING {h['value']} / {h['judge']}: {h['verdict'][6:]}", fg="red", bold=True, err=True)
+    return st
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@click.option("--wait/--no-wait", default=False, help="follow with a live progress bar until it finishes")
+@click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
+def jobs_status(job_id: str, wait: bool, as_json: bool) -> None:
+    """State, progress per stage, judge telemetry and judge health of a job."""
+    async def go(store):
+        from scheduler import jobs as J
+
+        if await store.job(job_id) is None:
+            raise click.ClickException(f"no job {job_id!r}")
+        if wait:
+            await J.wait(store, job_id, show=not as_json)
+        await print_status(store, job_id, as_json)
+    run_with_store(go)
+
+
+@jobs.command("wait")
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+def jobs_wait(job_id: str, timeout: float | None) -> None:
+    """Block until the job finishes; exit 1 if it failed or was cancelled."""
+    async def go(store):
+        from scheduler import jobs as J
+
+        if await store.job(job_id) is None:
+            raise click.ClickException(f"no job {job_id!r}")
+        state = await J.wait(store, job_id, timeout_s=timeout)
+        click.echo(f"{job_id} {state}")
+        if state != "done":
+            raise SystemExit(1)
+    run_with_store(go)
+
+
+@jobs.command("resume")
+@click.argument("job_id")
+@click.option("--retry-failed", is_flag=True, help="also retry windows and chunks that failed")
+def jobs_resume(job_id: str, retry_failed: bool) -> None:
+    """Re-enqueue only what is missing."""
+    async def go(store):
+        from scheduler import jobs as J
+
+        _, broker = resolve_urls()
+        n = await J.resume(store, celery_app(broker), job_id, retry_failed)
+        click.echo(f"re-enqueued {n} task(s) of {job_id}")
+    run_with_store(go)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+def jobs_cancel(job_id: str) -> None:
+    async def go(store):
+        from scheduler import jobs as J
+
+        await J.cancel(store, job_id)
+        click.echo(f"cancelled {job_id}; queued tasks of it will be skipped")
+    run_with_store(go)
+
+
+@jobs.command("export")
+@click.argument("job_id")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+def jobs_export(job_id: str, output: Path) -> None:
+    async def go(store):
+        from scheduler import jobs as J
+
+        n = await J.export(store, job_id, output)
+        click.echo(f"wrote {n} rows to {output}")
+    run_with_store(go)
+
+
+async def wait_and_export(store, job_id: str, output: Path | None, local_worker: bool) -> str:
+    """Follow a job to its end (running a local worker meanwhile if asked), export, print status."""
+    from schemas.settings import load_settings
+    from scheduler import jobs as J
+
+    proc = spawn_worker(log=load_settings().home / "worker.log") if local_worker else None
+    try:
+        state = await J.wait(store, job_id)
+    finally:
+        if proc is not None:
+            stop_worker(proc)
+    console.print(f"job {job_id}: {state}")
+    await print_status(store, job_id)
+    if state == "failed":
+        job = await store.job(job_id)
+        raise click.ClickException(f"job {job_id} failed: {job['error']}")
+    if output is not None:
+        n = await J.export(store, job_id, output)
+        console.print(f"wrote {n} rows to {output}")
+    return state

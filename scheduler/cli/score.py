@@ -1,0 +1,115 @@
+"""``valueflow score``: the batch scoring job (judge → score → finalize)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import click
+
+from scheduler.cli.common import celery_app, console, resolve_urls, run_with_store
+from scheduler.cli.jobs import wait_and_export
+from schemas.settings import load_settings
+
+
+def value_options(f):
+    f = click.option("--theory", "theories", multiple=True, type=click.Choice(["pvq", "mft", "duty", "right"]),
+                     help="every steerable value of a theory (repeatable)")(f)
+    return click.option("--value", "values", multiple=True, help="a value (repeatable; 'all' = the 32 steerable)")(f)
+
+
+def resolve_values(values, theories):
+    from schemas.taxonomy import UnknownValueError, default_taxonomy
+
+    if not values and not theories:
+        raise click.UsageError("give --value (or 'all') and/or --theory")
+    try:
+        return default_taxonomy().resolve_values(list(values), list(theories))
+    except UnknownValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@value_options
+@click.option("--judge", default="embedding", show_default=True, help="judge name (built-in or VALUEFLOW_JUDGES_FILE)")
+@click.option("--k", default=6, show_default=True, type=click.IntRange(2, 20), help="texts per window")
+@click.option("--windows", "m", default=3, show_default=True, type=click.IntRange(1, 50), help="windows per text and value")
+@click.option("--anchors", default="bucket", show_default=True, type=click.Choice(["bucket", "random"]))
+@click.option("--mode", default="upstream", show_default=True, type=click.Choice(["upstream", "calibrated"]),
+              help="upstream: the published evaluator; calibrated: fit the judge's scale β per value")
+@click.option("--layout", type=click.Choice(["upstream", "shuffled"]), default=None,
+              help="upstream: scored text first, anchors ascending (published); shuffled: random positions "
+                   "[default: upstream in upstream mode, shuffled in calibrated mode]")
+@click.option("--empty-bucket", type=click.Choice(["uniform", "nearest"]), default="uniform", show_default=True,
+              help="an empty anchor bucket is filled by a uniform draw from the value's VIDB (published) or "
+                   "from the nearest non-empty bucket")
+@click.option("--min-anchor-tau", type=click.FloatRange(-1, 1), default=None,
+              help="fail the job if the judge orders the VIDB anchors worse than this Kendall tau")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--id-field", default="id", show_default=True)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--chunk-size", default=None, type=click.IntRange(1), help="windows per task [VALUEFLOW_CHUNK_SIZE]")
+@click.option("--dry-run", is_flag=True, help="print what the job would cost (windows, calls, tokens); store nothing")
+@click.option("--wait/--no-wait", default=False, help="wait for the job, with a progress bar")
+@click.option("--local-worker/--no-local-worker", default=None,
+              help="run a worker inside this command while waiting [default: on for the embedded default]")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="export scores here when done (.jsonl/.csv/.parquet)")
+def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empty_bucket, min_anchor_tau, seed, id_field, text_field,
+          chunk_size, dry_run, wait, local_worker, output) -> None:
+    """Score INPUT's texts for value intensity in [-10, 10] through the queue."""
+    from scheduler import jobs as J
+    from schemas.messages import ScoreJobSpec
+    from workers.io.inputs import InputError, iter_input_batches
+    from workers.jobs.kinds import score as score_kind
+    from workers.judges.config import get_judge_config
+
+    vals = resolve_values(values, theories)
+    try:
+        get_judge_config(judge)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if output is not None and output.suffix.lower() not in J.EXPORT_SUFFIXES:
+        raise click.BadParameter("use .jsonl, .csv or .parquet", param_hint="--output")
+    settings = load_settings()
+    spec = ScoreJobSpec(input=str(input_path), values=[v.key for v in vals], judge=judge, k=k, windows=m,
+                        anchors=anchors, seed=seed, mode=mode, layout=layout, empty_bucket=empty_bucket, min_anchor_tau=min_anchor_tau,
+                        chunk_size=chunk_size or settings.chunk_size)
+    batches = iter_input_batches(input_path, id_field, text_field)
+    try:
+        first = next(batches, [])  # small inputs are validated whole before the store is touched
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not first:
+        raise click.ClickException(f"{input_path}: no texts to score")
+    if dry_run:
+        from workers.jobs.estimate import estimate_score_job
+
+        try:
+            est = estimate_score_job(spec, itertools.chain([first], batches))
+        except InputError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(est.render())
+        return
+    db_url, broker = resolve_urls()
+    app = celery_app(broker)
+    if local_worker is None:
+        local_worker = settings.embedded and wait
+
+    async def go(store):
+        from workers.io.vidb_files import ensure_seed
+
+        await ensure_seed(store)
+        try:
+            job_id = await J.submit(store, app, score_kind.KIND, spec,
+                                    score_kind.planner(spec, itertools.chain([first], batches)))
+        except InputError as exc:
+            raise click.ClickException(str(exc)) from None
+        job = await store.job(job_id)
+        console.print(f"job [bold]{job_id}[/]: {job['n_items']} texts × {len(vals)} values × {m} windows "
+                      f"(k={k}, judge {judge}, mode {mode}, layout {spec.layout})")
+        if wait:
+            await wait_and_export(store, job_id, output, local_worker)
+        click.echo(job_id)
+
+    run_with_store(go)

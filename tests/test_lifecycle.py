@@ -1,0 +1,327 @@
+"""The job lifecycle every kind shares: stages, hand-off, finalize exactly once, resume, telemetry."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, open_test_store, run_cli
+from tests.fake_openai import ServerThread
+from tests.test_score_job import _q, _submit, _wait_job, _write_inputs
+
+TEXTS = ["I carried my neighbour's shopping up four flights of stairs.", "I laughed when my friend tripped and fell.",
+         "I lent my brother money and never mentioned it again.", "I ignored a lost child crying in the supermarket.",
+         "I volunteer at the food bank every Sunday.", "I kept the extra change the cashier gave me by mistake.",
+         "I called my grandmother just to hear how her day went.", "I spread a rumour about a coworker."]
+
+
+# -- library level: finalize once, duplicate deliveries, all-failed chunks ---------------------------------
+async def _scoring_job(store, texts, chunk_size=2, mode="upstream", judge="embedding"):
+    from schemas.messages import ScoreJobSpec
+    from workers.io.inputs import InputRow
+    from workers.io.vidb_files import ensure_seed
+    from workers.jobs import lifecycle
+    from workers.jobs.kinds import score
+
+    await ensure_seed(store)
+    spec = ScoreJobSpec(input="mem", values=["benevolence"], judge=judge, chunk_size=chunk_size, mode=mode)
+    rows = [InputRow(i + 1, f"t{i}", t) for i, t in enumerate(texts)]
+    sends = await lifecycle.submit(store, score.KIND, spec, "job-1", score.planner(spec, [rows]))
+    return sends
+
+
+def test_finalize_runs_exactly_once_under_duplicated_and_concurrent_delivery(pg_url, embedding_judge):
+    from schemas.messages import StageTask
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+
+    async def go():
+        stores = [await open_test_store(pg_url) for _ in range(4)]
+        store = stores[0]
+        res = Resources()
+        res.cached("judge:embedding", lambda: embedding_judge)
+        try:
+            sends = await _scoring_job(store, TEXTS, chunk_size=6)  # 8 texts × 3 windows → 4 chunks
+            assert len(sends) == 4 and all(s.what == "stage" and s.kwargs["stage"] == 0 for s in sends)
+            # judge stage of every chunk, each delivered twice: the duplicate is skipped and sends nothing
+            score_sends = []
+            for s in sends:
+                first = await lifecycle.run_stage(store, res, StageTask(**s.kwargs), 5)
+                dup = await lifecycle.run_stage(store, res, StageTask(**s.kwargs), 5)
+                assert first.state == "ran" and dup.state == "skipped" and dup.sends == []
+                score_sends += first.sends
+            assert [s.kwargs["stage"] for s in score_sends] == [1, 1, 1, 1]
+            # the score stage of all chunks concurrently, on separate connections, each twice:
+            # exactly one of them claims completion and sends the finalize step
+            outs = await asyncio.gather(*[lifecycle.run_stage(st, res, StageTask(**s.kwargs), 5)
+                                          for s in score_sends for st in stores[:2]])
+            finals = [x for o in outs for x in o.sends]
+            assert [f.what for f in finals] == ["finalize"]
+            assert (await store.job("job-1"))["state"] == "finalizing"
+            # finalize delivered four times at once, then once more: it commits exactly once
+            ran = await asyncio.gather(*[lifecycle.run_finalize(st, res, "job-1") for st in stores])
+            ran.append(await lifecycle.run_finalize(store, res, "job-1"))
+            assert sum(ran) == 1
+            job = await store.job("job-1")
+            assert job["state"] == "done" and job["finalize_runs"] == 1
+            assert await store.pool.fetchval("SELECT count(*) FROM judge_health WHERE job_id='job-1'") == 1
+            assert await store.pool.fetchval("SELECT count(*) FROM scores WHERE job_id='job-1'") == len(TEXTS)
+            assert await store.pool.fetchval("SELECT count(*) FROM comparisons WHERE job_id='job-1'") == 3 * len(TEXTS)
+        finally:
+            for st in stores:
+                await st.close()
+
+    asyncio.run(go())
+
+
+def test_a_chunk_whose_windows_all_failed_finishes_and_stays_retryable(pg_url):
+    """Every window fails (the judge answers 400): the job still finishes, with them counted."""
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.judges.api_judge import APIJudge
+    from workers.judges.config import JudgeConfig
+
+    with ServerThread() as srv:
+        async def go():
+            store = await open_test_store(pg_url)
+            res = Resources()
+            judge = APIJudge(JudgeConfig(name="embedding", kind="api", model="bad-request", base_url=srv.url,
+                                         max_attempts=1, structured="off"), store)
+            res.cached("judge:embedding", lambda: judge)
+            try:
+                sends = await _scoring_job(store, TEXTS[:4], chunk_size=3)
+                await lifecycle.run_inline(store, res, sends)
+                job = await store.job("job-1")
+                assert job["state"] == "done"
+                rows = await store.pool.fetch("SELECT * FROM scores WHERE job_id='job-1' ORDER BY item_no")
+                assert len(rows) == 4 and all(r["intensity"] is None and r["windows_failed"] == 3
+                                              and r["windows_used"] == 0 for r in rows)
+                tel = await store.telemetry("job-1")
+                assert sum(tel["failures"].values()) == 12
+                health = await store.health("job-1")
+                assert health[0]["windows_failed"] == 12 and health[0]["verdict"].startswith("warn")
+                # retryable: the failed windows go back to the judge stage
+                again = await lifecycle.resume(store, "job-1", retry_failed=True)
+                assert len(again) == 4 and all(s.kwargs["stage"] == 0 for s in again)
+                assert (await store.job("job-1"))["state"] == "running"
+            finally:
+                await judge.aclose()
+                await store.close()
+
+        asyncio.run(go())
+
+
+# -- through the queue and the CLI ---------------------------------------------------------------------
+def _judges_file(tmp_path: Path, url: str, **judges: dict) -> Path:
+    f = tmp_path / "judges.toml"
+    lines = []
+    for name, cfg in judges.items():
+        lines.append(f"[judges.{name}]\nkind = \"api\"\nbase_url = \"{url}\"\nstructured = \"off\"")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in cfg.items()]
+    f.write_text("\n".join(lines) + "\n")
+    return f
+
+
+def test_resume_retry_failed_completes_a_job_whose_judge_failed_first(env, workers, tmp_path, pg_url):
+    inp = tmp_path / "in.jsonl"
+    _write_inputs(inp, TEXTS[:6])
+    windows = 6 * 3
+    with ServerThread() as srv:
+        # the judge is down for exactly as many requests as the job has windows: every window of the
+        # first pass fails (all chunks entirely failed), every retried window is answered
+        env["VALUEFLOW_JUDGES_FILE"] = str(_judges_file(tmp_path, srv.url, flaky={"model": f"down-first-{windows}",
+                                                                                   "max_attempts": 1}))
+        workers.start()
+        job = _submit(env, inp, "--value", "care-harm", "--judge", "flaky", "--chunk-size", "6")
+        assert _wait_job(pg_url, job) == "done"
+        failed = _q(pg_url, "SELECT count(*) AS n FROM windows WHERE job_id=$1 AND state='failed'", job)[0]["n"]
+        assert failed == windows
+        st = run_cli(["jobs", "status", job], env, check=True).stdout
+        assert f"{windows} failed of {windows}" in st and "transport" in st
+        res = run_cli(["jobs", "resume", job, "--retry-failed"], env, check=True)
+        assert "re-enqueued 3 task(s)" in res.stdout
+        assert _wait_job(pg_url, job) == "done"
+        w = _q(pg_url, "SELECT state, count(*) AS n FROM windows WHERE job_id=$1 GROUP BY state", job)
+        assert {r["state"]: r["n"] for r in w} == {"done": windows}
+        per_window = _q(pg_url, "SELECT window_id, count(*) AS n FROM comparisons WHERE job_id=$1 GROUP BY window_id", job)
+        assert len(per_window) == windows and all(r["n"] == 1 for r in per_window)
+        scores = _q(pg_url, "SELECT intensity, windows_used, windows_failed FROM scores WHERE job_id=$1", job)
+        assert len(scores) == 6 and all(r["intensity"] is not None and r["windows_used"] == 3
+                                        and r["windows_failed"] == 0 for r in scores)
+        assert _q(pg_url, "SELECT finalize_runs FROM jobs WHERE id=$1", job)[0]["finalize_runs"] == 2
+
+
+def test_calibrated_scores_do_not_depend_on_chunk_size_and_match_in_process(env, workers, tmp_path, embedding_judge):
+    from scheduler.inprocess import score_texts_sync
+    from schemas.taxonomy import default_taxonomy
+
+    workers.start(concurrency=2)
+    outs = {}
+    for size in (7, 1000):
+        out = tmp_path / f"s{size}.jsonl"
+        run_cli(["score", str(ROOT / "examples" / "texts.jsonl"), "--value", "benevolence", "--mode", "calibrated",
+                 "--chunk-size", str(size), "--wait", "--no-local-worker", "-o", str(out)], env, check=True, timeout=600)
+        outs[size] = {(r["id"], r["value"]): r for r in map(json.loads, out.read_text().splitlines())}
+    assert outs[7].keys() == outs[1000].keys() and len(outs[7]) > 7
+    for key, a in outs[7].items():
+        b = outs[1000][key]
+        assert a["intensity"] == pytest.approx(b["intensity"], abs=1e-9)
+        assert a["stderr"] == pytest.approx(b["stderr"], abs=1e-9)
+    texts = [json.loads(line) for line in (ROOT / "examples" / "texts.jsonl").read_text().splitlines()]
+    rows = score_texts_sync([t["text"] for t in texts], [default_taxonomy().get("benevolence")], embedding_judge,
+                            mode="calibrated")
+    for (item_no, _v, _u, _se, inten, inten_se, *_rest) in rows:
+        q = outs[7][(texts[item_no]["id"], "benevolence")]
+        assert q["intensity"] == pytest.approx(inten, abs=1e-9) and q["stderr"] == pytest.approx(inten_se, abs=1e-9)
+    # health of the job is exported beside the scores
+    health = json.loads((tmp_path / "s7.jsonl.health.json").read_text())
+    assert health[0]["value"] == "benevolence" and health[0]["beta"] > 0
+
+
+def test_worker_metrics_port_serves_real_values_after_a_job(env, workers, tmp_path, pg_url):
+    from workers.infra.embedded import free_port
+
+    port = free_port()
+    log = open(tmp_path / "metrics-worker.log", "wb")
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-c", "2", "--metrics-port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    workers.procs.append(proc)
+    inp = tmp_path / "in.jsonl"
+    _write_inputs(inp, TEXTS)
+    job = _submit(env, inp, "--value", "benevolence", "--chunk-size", "6")
+    assert _wait_job(pg_url, job) == "done"
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+    def metric(name, **labels):
+        total = 0.0
+        for line in body.splitlines():
+            m = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
+            if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+                total += float(m.group(2))
+        return total
+
+    assert metric("valueflow_windows_total", stage="judge", state="done") == len(TEXTS) * 3
+    assert metric("valueflow_chunk_duration_seconds_count", stage="judge") == 4
+    assert metric("valueflow_chunk_duration_seconds_count", stage="score") == 4
+    assert metric("valueflow_finalize_total", kind="score") == 1
+    assert metric("valueflow_judge_latency_seconds_count", stage="judge") >= 1
+    # one JSON line per chunk and stage in the worker's log
+    lines = [json.loads(x) for x in (tmp_path / "metrics-worker.log").read_text().splitlines() if x.startswith('{"event"')]
+    assert sorted((x["stage"], x["chunk"]) for x in lines if x["job"] == job) == \
+        sorted([("judge", c) for c in range(4)] + [("score", c) for c in range(4)])
+    assert all({"duration_s", "calls", "tokens_in", "tokens_out", "retries"} <= x.keys() for x in lines)
+    # queue depth per queue in `valueflow status`
+    st = run_cli(["status"], env, check=True).stdout
+    assert re.search(r"queues\s+default=\d+\s+gpu=\d+\s+api=\d+\s+refit=\d+", st)
+
+
+def test_judge_copying_the_shown_order_is_flagged_and_min_anchor_tau_fails_the_job(env, workers, tmp_path, pg_url):
+    inp = tmp_path / "in.jsonl"
+    _write_inputs(inp, TEXTS)
+    with ServerThread() as srv:
+        env["VALUEFLOW_JUDGES_FILE"] = str(_judges_file(tmp_path, srv.url, copycat={"model": "shown-order"}))
+        workers.start()
+        job = _submit(env, inp, "--value", "benevolence", "--judge", "copycat", "--mode", "calibrated")
+        assert _wait_job(pg_url, job) == "done"
+        st = run_cli(["jobs", "status", job], env, check=True)
+        assert "WARNING" in st.stderr and "100% of windows answered in the order shown" in st.stderr
+        health = json.loads(run_cli(["jobs", "status", job, "--json"], env, check=True).stdout)["health"][0]
+        assert health["shown_order_share"] == 1.0 and health["anchor_tau_lo"] <= 0 <= health["anchor_tau_hi"]
+        res = run_cli(["score", str(inp), "--value", "benevolence", "--judge", "copycat", "--mode", "calibrated",
+                       "--min-anchor-tau", "0.3", "--wait", "--no-local-worker", "-o", str(tmp_path / "x.csv")], env)
+        assert res.returncode != 0 and "below --min-anchor-tau" in res.stderr and "not trustworthy" in res.stderr
+        assert not (tmp_path / "x.csv").exists()
+        failed = _q(pg_url, "SELECT id, state FROM jobs WHERE id <> $1", job)[0]
+        assert failed["state"] == "failed"
+        res = run_cli(["jobs", "export", failed["id"], "-o", str(tmp_path / "y.csv")], env)
+        assert res.returncode != 0 and "failed, nothing exported" in res.stderr
+
+
+def test_dry_run_prints_the_cost_and_stores_nothing(env, tmp_path, pg_url):
+    from tests.test_score_job import _store_is_empty
+
+    inp = tmp_path / "in.jsonl"
+    _write_inputs(inp, TEXTS)
+    env["VALUEFLOW_JUDGES_FILE"] = str(_judges_file(tmp_path, "http://127.0.0.1:9/v1", big={"model": "m", "max_tokens": 40}))
+    res = run_cli(["score", str(inp), "--theory", "mft", "--judge", "big", "--dry-run"], env, check=True)
+    assert f"{len(TEXTS)} texts × 6 values → {len(TEXTS) * 6 * 3} windows" in res.stdout
+    assert f"{len(TEXTS) * 18} calls" in res.stdout
+    tokens = int(re.search(r"≈ ([\d,]+) prompt tokens", res.stdout).group(1).replace(",", ""))
+    assert 100 * len(TEXTS) * 18 < tokens < 2000 * len(TEXTS) * 18  # a few hundred tokens per window
+    assert f"at most {len(TEXTS) * 18 * 40:,}" in res.stdout
+    assert _store_is_empty(pg_url)
+
+
+def test_db_upgrade_reports_what_it_applied(env):
+    first = run_cli(["db", "upgrade"], env, check=True).stdout
+    assert "applied: 0001_init.sql, 0002_lifecycle.sql" in first
+    assert "schema up to date" in run_cli(["db", "upgrade"], env, check=True).stdout
+
+
+# -- architecture ------------------------------------------------------------------------------------------
+def _imports() -> dict[str, set[str]]:
+    """Module → modules of this project it imports (anywhere in the file, lazy imports included)."""
+    mods = {}
+    for pkg in ("scheduler", "workers", "schemas"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            name = ".".join(f.relative_to(ROOT).with_suffix("").parts)
+            mods[name.removesuffix(".__init__")] = f
+    graph: dict[str, set[str]] = {}
+    for name, f in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                           for a in node.names]
+            deps |= {t for t in targets if t in mods and t != name}
+        graph[name] = deps
+    return graph
+
+
+def test_dependencies_go_one_way_and_there_are_no_import_cycles():
+    graph = _imports()
+    upward = sorted(f"{m} → {d}" for m, ds in graph.items() for d in ds
+                    if m.split(".")[0] in ("workers", "schemas") and d.startswith("scheduler")
+                    or m.startswith("schemas") and d.startswith("workers"))
+    assert upward == []
+    # Tarjan's strongly connected components: any of size > 1 is a cycle
+    index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert cycles == []

@@ -1,0 +1,182 @@
+"""One lifecycle for every job kind: submit (staged, then live), stages over chunks, finalize once.
+
+These coroutines decide *what* runs and return :class:`Send` instructions; the Celery layer
+(:mod:`workers.tasks.stage`) turns them into messages, and tests can run them inline. Hand-off is
+generic: a chunk that finishes stage *s* is moved to *s+1* by one conditional update and only the
+worker whose update took effect sends the next task; the worker that moves the last chunk past
+the last stage claims completion (``running → finalizing``), and the finalize step commits in the
+same transaction that marks the job ``done`` (:meth:`Store.finalize_claim`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Literal
+
+from pydantic import BaseModel
+
+from schemas.messages import StageTask
+from schemas.states import JobState
+from workers.jobs.kind import FinalizeContext, JobFailure, JobKind, Resources, StageContext, StageReport
+from workers.jobs.registry import get_kind
+from workers.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Send:
+    """A task to enqueue: a stage of one chunk, or a job's finalize step."""
+
+    what: Literal["stage", "finalize"]
+    queue: str
+    kwargs: dict
+
+
+@dataclass
+class StageOutcome:
+    state: str  # ran | gave_up | failed | skipped
+    sends: list[Send]
+    report: StageReport
+    seconds: float = 0.0
+
+
+async def _load(store: Store, job_id: str) -> tuple | None:
+    job = await store.job(job_id)
+    if job is None:
+        return None
+    kind = get_kind(job["kind"])
+    return job, kind, kind.parse_spec(job["spec"])
+
+
+# -- submit ------------------------------------------------------------------------------------------
+Planner = Callable[[Store, str], Awaitable[tuple[int, int, int]]]
+
+
+async def submit(store: Store, kind: JobKind, spec: BaseModel, job_id: str, plan: Planner) -> list[Send]:
+    """Stage the job, let ``plan(store, job_id)`` write its items, windows and chunks in batches
+    (returning their counts), then make it live in one statement. If planning fails (bad input
+    found half-way, say) the staged rows are deleted and nothing was ever visible."""
+    await store.drop_staged(older_than_s=24 * 3600)  # submits abandoned by a killed scheduler
+    await store.stage_job(job_id, kind.name, spec.model_dump(), len(kind.stages))
+    try:
+        n_items, n_windows, n_chunks = await plan(store, job_id)
+        await store.go_live(job_id, n_items, n_windows, n_chunks)
+    except BaseException:
+        await store.drop_staged(job_id)
+        raise
+    chunks = await store.pending_chunks(job_id)
+    if not chunks:  # nothing to do (an empty job): complete it now
+        return await _complete(store, kind, job_id)
+    q = kind.queue_of(0, spec)
+    return [Send("stage", q, StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=0).model_dump()) for c in chunks]
+
+
+# -- stages ------------------------------------------------------------------------------------------
+async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deliveries: int,
+                    worker: str = "") -> StageOutcome:
+    """Run one stage of one chunk; idempotent under redelivery and duplicate delivery."""
+    t0 = time.monotonic()
+    loaded = await _load(store, msg.job_id)
+    if loaded is None:
+        return StageOutcome("skipped", [], StageReport())
+    job, kind, spec = loaded
+    began = await store.begin_stage(msg.job_id, msg.chunk_no, msg.stage, worker)
+    if began is None or began[1] != JobState.RUNNING:
+        return StageOutcome("skipped", [], StageReport())
+    deliveries = began[0]
+    stage = kind.stages[msg.stage]
+    ctx = StageContext(store, job, spec, msg.chunk_no, msg.stage, resources)
+    state = "ran"
+    if deliveries > max_deliveries:
+        reason = f"delivered {deliveries} times (limit {max_deliveries})"
+        if stage.give_up is None:
+            await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, f"stage {stage.name}: {reason}")
+            return StageOutcome("failed", await _complete(store, kind, msg.job_id), ctx.report, time.monotonic() - t0)
+        await stage.give_up(ctx, reason)
+        state = "gave_up"
+    else:
+        await stage.run(ctx)
+    sends = await _advance(store, kind, spec, msg)
+    return StageOutcome(state, sends, ctx.report, time.monotonic() - t0)
+
+
+async def _advance(store: Store, kind: JobKind, spec: BaseModel, msg: StageTask) -> list[Send]:
+    last = msg.stage + 1 == len(kind.stages)
+    nxt = None if last else kind.queue_of(msg.stage + 1, spec)
+    if not await store.advance_chunk(msg.job_id, msg.chunk_no, msg.stage, len(kind.stages), nxt):
+        return []  # a duplicate already moved this chunk on
+    if not last:
+        return [Send("stage", nxt, StageTask(job_id=msg.job_id, chunk_no=msg.chunk_no, stage=msg.stage + 1).model_dump())]
+    return await _complete(store, kind, msg.job_id)
+
+
+async def _complete(store: Store, kind: JobKind, job_id: str) -> list[Send]:
+    state = await store.claim_completion(job_id, kind.finalize is not None)
+    if state == JobState.FINALIZING:
+        return [Send("finalize", kind.finalize_queue, {"job_id": job_id})]
+    return []
+
+
+# -- finalize ----------------------------------------------------------------------------------------
+async def run_finalize(store: Store, resources: Resources, job_id: str) -> bool:
+    """Run the kind's finalize step if the job is ``finalizing``; True if this call ran it.
+
+    Its writes and the job's move to ``done`` (or ``failed`` on :class:`JobFailure`) commit
+    together, so the step takes effect exactly once however often the task is delivered.
+    """
+    loaded = await _load(store, job_id)
+    if loaded is None:
+        return False
+    job, kind, spec = loaded
+    async with store.finalize_claim(job_id) as conn:
+        if conn is None:
+            return False
+        try:
+            async with conn.transaction():  # a savepoint: a JobFailure drops what finalize wrote
+                await kind.finalize(FinalizeContext(store, conn, job, spec, resources))  # type: ignore[misc]
+        except JobFailure as exc:
+            await conn.execute("UPDATE jobs SET state = 'failed', error = $2, finalize_runs = finalize_runs + 1,"
+                               " finished_at = now(), updated_at = now() WHERE id = $1", job_id, str(exc))
+            return True
+        await conn.execute("UPDATE jobs SET state = 'done', error = NULL, finalize_runs = finalize_runs + 1,"
+                           " finished_at = now(), updated_at = now() WHERE id = $1", job_id)
+    return True
+
+
+# -- resume ------------------------------------------------------------------------------------------
+async def resume(store: Store, job_id: str, retry_failed: bool = False) -> list[Send]:
+    """What to enqueue so the job finishes: pending chunks at their stage, a lost completion claim,
+    or a finalize step. With ``retry_failed``, failed windows and chunks are made pending first."""
+    loaded = await _load(store, job_id)
+    if loaded is None:
+        raise ValueError(f"no job {job_id!r}")
+    job, kind, spec = loaded
+    if job["state"] == JobState.CANCELLED:
+        raise ValueError(f"job {job_id} was cancelled")
+    if retry_failed:
+        await store.reset_failed(job_id, kind.window_stage)
+        job = await store.job(job_id)
+    state = job["state"]
+    if state == JobState.FINALIZING:
+        return [Send("finalize", kind.finalize_queue, {"job_id": job_id})]
+    if state != JobState.RUNNING:
+        return []
+    chunks = await store.pending_chunks(job_id)
+    if not chunks:
+        return await _complete(store, kind, job_id)
+    return [Send("stage", kind.queue_of(c["stage"], spec),
+                 StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump()) for c in chunks]
+
+
+async def run_inline(store: Store, resources: Resources, sends: list[Send], max_deliveries: int = 5) -> None:
+    """Execute sends in this process until none are left (tests, and small jobs without workers)."""
+    todo = list(sends)
+    while todo:
+        s = todo.pop(0)
+        if s.what == "finalize":
+            await run_finalize(store, resources, s.kwargs["job_id"])
+        else:
+            todo += (await run_stage(store, resources, StageTask(**s.kwargs), max_deliveries)).sends

@@ -1,0 +1,20 @@
+"""Every job kind, registered in one place: a new kind is one module here and one line below."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from workers.jobs.kind import JobKind
+
+# name → module holding ``KIND``; imported lazily so a worker loads only what it runs
+KIND_MODULES = {
+    "score": "workers.jobs.kinds.score",
+}
+
+
+def get_kind(name: str) -> JobKind:
+    try:
+        module = KIND_MODULES[name]
+    except KeyError:
+        raise ValueError(f"unknown job kind {name!r}; known: {', '.join(sorted(KIND_MODULES))}") from None
+    return import_module(module).KIND
