@@ -111,3 +111,84 @@ async def ensure_seed(store) -> dict[str, int]:
     have = await store.vidb_counts()
     missing = {v: rows for v, rows in seed_vidb().items() if have.get(v, 0) == 0}
     return await import_rows(store, missing, "seed") if missing else {}
+
+
+# -- export and the human review sheet ---------------------------------------------------------------
+EXPORT_SUFFIXES = (".csv", ".jsonl", ".parquet")
+REVIEW_COLUMNS = ["item_id", "value", "text", "model_intensity", "implausible_votes", "human_rating", "rater"]
+
+
+def write_vidb_export(path: Path, value: str, version: int | None, rows) -> int:
+    """Write a value's items: ``.csv`` in the upstream format (``text,final_rating``), ``.jsonl`` or
+    ``.parquet`` with text, value, version, intensity, utility, stderr, flags and source. The file
+    appears whole or not at all."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise InputError(f"{path}: unsupported export format; use .csv (upstream text,final_rating), .jsonl or .parquet")
+    tmp = path.with_name(path.name + ".part")
+    recs = [{"text": r["text"], "value": value, "version": version, "intensity": float(r["intensity"]),
+             "utility": r["utility"], "stderr": r["stderr"], "flags": list(r["flags"]), "source": r["source"]}
+            for r in rows]
+    if suffix == ".csv":
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["text", "final_rating"])
+            w.writerows([(r["text"], r["intensity"]) for r in recs])
+    elif suffix == ".jsonl":
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([("text", pa.string()), ("value", pa.string()), ("version", pa.int64()),
+                            ("intensity", pa.float64()), ("utility", pa.float64()), ("stderr", pa.float64()),
+                            ("flags", pa.list_(pa.string())), ("source", pa.string())])
+        pq.write_table(pa.Table.from_pylist(recs, schema=schema), tmp)
+    tmp.replace(path)
+    return len(recs)
+
+
+def write_review(path: Path, rows) -> int:
+    """The review sheet a person fills in: one row per flagged item, ``human_rating`` and ``rater`` empty."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=REVIEW_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({"item_id": r["item_id"], "value": r["value"], "text": r["text"],
+                        "model_intensity": r["intensity"], "implausible_votes": r["votes"], "human_rating": "", "rater": ""})
+    tmp.replace(path)
+    return len(rows)
+
+
+def read_review(path: Path) -> list[tuple[int, str, float, str]]:
+    """Filled rows of a review sheet: (item_id, value, rating, rater); rows without a rating are skipped.
+
+    Every row is validated before any is returned; an error names ``file:line: field``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    out = []
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("item_id", "value", "human_rating", "rater") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path}:1: header lacks column(s) {', '.join(missing)}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            raw = (row.get("human_rating") or "").strip()
+            if not raw:
+                continue
+            try:
+                item_id = int(row["item_id"])
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: field 'item_id': not an integer: {row.get('item_id')!r}") from None
+            rating = _intensity(raw, f"{where}: field 'human_rating'")
+            rater = (row.get("rater") or "").strip()
+            if not rater:
+                raise InputError(f"{where}: field 'rater': who rated this item? (required with a rating)")
+            out.append((item_id, (row.get("value") or "").strip(), rating, rater))
+    return out

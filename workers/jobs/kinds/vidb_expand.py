@@ -1,0 +1,156 @@
+"""VIDB expansion jobs: search → finalize (warm refit, version).
+
+* **plan** (scheduler): the new texts are staged as items, ``items_per_chunk`` per chunk; the
+  value must already have fitted items (a build) to search among.
+* **search** (the judge's queue): for each new text of the chunk, ``rounds`` windows one after
+  another; each shows it with the k-1 current items nearest to quantiles of its running utility
+  posterior (:mod:`workers.vidb.search`, a noisy binary search: O(log n) windows per text). Window
+  ``item_no × rounds + r`` is round r; the utilities of the items shown are snapshotted in the
+  window's ``anchor_intensity`` column (utilities, not intensities, for this kind). A redelivered
+  task rebuilds every posterior from the windows already stored and continues where it stopped.
+  Scoring jobs named with ``from_jobs`` contribute the windows in which they ranked the same texts
+  against the value's anchors: to the starting posterior and to the refit.
+* **finalize** (``refit``, once, under the value's advisory lock): Plackett–Luce over the value's
+  comparisons warm-started from the current utilities, the new texts' intensities by isotonic
+  regression on the current items, one new version.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.vidb import VidbExpandSpec
+from workers.io.inputs import InputRow
+from workers.jobs.judge_stage import give_up_windows, judge_windows
+from workers.jobs.kind import FinalizeContext, JobKind, Stage, StageContext
+from workers.jobs.kinds.vidb_build import EXPORT_COLUMNS, check_corpus, export_rows, judge_queue
+from workers.store import Store
+from workers.vidb import search as S
+from workers.vidb.refit import refit_and_write
+from workers.vidb.simulated_judge import ensure_judge
+
+MIN_POOL = 10
+
+
+async def fitted_pool(conn, value: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vidb item ids, text ids, utilities) of the value's fitted items, by text id."""
+    rows = await conn.fetch("SELECT id, text_id, utility FROM vidb_items WHERE value = $1 AND utility IS NOT NULL"
+                            " ORDER BY text_id", value)
+    return (np.array([r["id"] for r in rows], dtype=np.int64), np.array([r["text_id"] for r in rows], dtype=np.int64),
+            np.array([r["utility"] for r in rows], dtype=float))
+
+
+def planner(spec: VidbExpandSpec, rows: list[InputRow]):
+    async def plan(store: Store, job_id: str) -> tuple[int, int, int]:
+        await check_corpus(store, spec.value, rows, spec.input)
+        _, _, u = await fitted_pool(store.pool, spec.value)
+        if len(u) < max(MIN_POOL, spec.k - 1):
+            raise ValueError(f"value {spec.value!r} has {len(u)} fitted VIDB item(s); expansion searches among at least "
+                             f"{MIN_POOL}: run 'valueflow vidb build' for it first")
+        for j in spec.from_jobs:
+            job = await store.job(j)
+            if job is None or job["kind"] != "score":
+                raise ValueError(f"--from-job {j}: no scoring job with that id")
+        await store.stage_items(job_id, [(i, r.ext_id, r.text) for i, r in enumerate(rows)])
+        n_chunks = (len(rows) + spec.items_per_chunk - 1) // spec.items_per_chunk
+        await store.stage_windows(job_id, [], [(c, judge_queue(spec)) for c in range(n_chunks)])
+        return len(rows), len(rows) * spec.rounds, n_chunks
+
+    return plan
+
+
+async def _judged(conn, job_id: str, window_ids: list[int]) -> list:
+    return await conn.fetch(
+        "SELECT w.window_id, w.item_no, w.members, w.target_pos, w.anchor_ids, w.anchor_intensity, c.ranking"
+        " FROM windows w JOIN comparisons c ON c.job_id = w.job_id AND c.window_id = w.window_id"
+        " WHERE w.job_id = $1 AND w.window_id = ANY($2::int[]) ORDER BY w.window_id", job_id, window_ids)
+
+
+def _update(logp: np.ndarray, grid: np.ndarray, target_pos: int, ranking: list[int], others_u: list[float]) -> np.ndarray:
+    """Add one judged window to a text's log posterior (``others_u`` in shown order, target skipped)."""
+    shown = list(others_u)
+    shown.insert(target_pos, np.nan)
+    pos = ranking.index(target_pos)
+    others = [shown[p] for p in ranking if p != target_pos]
+    return logp + S.window_loglik(grid, pos, np.array(others))
+
+
+async def _folded(conn, spec: VidbExpandSpec, text_ids: list[int]) -> list:
+    """Scoring-job windows (of ``from_jobs``) that ranked these texts for the value."""
+    if not spec.from_jobs:
+        return []
+    return await conn.fetch(
+        "SELECT w.members[w.target_pos + 1] AS text_id, w.target_pos, w.anchor_ids, c.ranking FROM windows w"
+        " JOIN comparisons c ON c.job_id = w.job_id AND c.window_id = w.window_id"
+        " WHERE w.job_id = ANY($1::text[]) AND w.value = $2 AND w.members[w.target_pos + 1] = ANY($3::bigint[])"
+        " ORDER BY w.job_id, w.window_id", spec.from_jobs, spec.value, text_ids)
+
+
+async def search_stage(ctx: StageContext) -> None:
+    spec: VidbExpandSpec = ctx.spec  # type: ignore[assignment]
+    ensure_judge(ctx.resources, spec.judge)
+    store, job_id, R = ctx.store, ctx.job["id"], spec.rounds
+    lo = ctx.chunk_no * spec.items_per_chunk
+    items = await store.pool.fetch("SELECT item_no, text_id FROM job_items WHERE job_id = $1 AND item_no >= $2"
+                                   " AND item_no < $3 ORDER BY item_no", job_id, lo, lo + spec.items_per_chunk)
+    item_ids, pool_tid, pool_u = await fitted_pool(store.pool, spec.value)
+    u_of_item = dict(zip(item_ids.tolist(), pool_u.tolist()))
+    grid = S.make_grid(pool_u)
+    prior = S.log_prior(grid, pool_u)
+    logp = {r["item_no"]: prior.copy() for r in items}
+    used: dict[int, set[int]] = {r["item_no"]: set() for r in items}
+    pos_of_item = {int(i): p for p, i in enumerate(item_ids.tolist())}
+    by_text = {r["text_id"]: r["item_no"] for r in items}
+    for f in await _folded(store.pool, spec, list(by_text)):
+        if all(a in u_of_item for a in f["anchor_ids"]):
+            no = by_text[f["text_id"]]
+            logp[no] = _update(logp[no], grid, f["target_pos"], list(f["ranking"]), [u_of_item[a] for a in f["anchor_ids"]])
+    for r in range(R):
+        wids = [no * R + r for no in logp]
+        have = {w["window_id"]: w for w in await store.pool.fetch(
+            "SELECT window_id, anchor_ids FROM windows WHERE job_id = $1 AND window_id = ANY($2::int[])", job_id, wids)}
+        todo = []
+        for it in items:
+            no = it["item_no"]
+            if no * R + r in have:
+                used[no] |= {pos_of_item[a] for a in have[no * R + r]["anchor_ids"] if a in pos_of_item}
+                continue
+            pick = S.choose_opponents(grid, logp[no], pool_u, used[no], spec.k)
+            if len(pick) < spec.k - 1:
+                continue  # every item already shown to this text
+            used[no] |= set(pick)
+            rng = np.random.default_rng([spec.seed, no, r])
+            members = [int(pool_tid[p]) for p in pick]
+            target = int(rng.integers(0, spec.k))
+            members.insert(target, int(it["text_id"]))
+            todo.append((job_id, no * R + r, ctx.chunk_no, spec.value, no, members, target,
+                         [int(item_ids[p]) for p in pick], [float(pool_u[p]) for p in pick], spec.seed))
+        if todo:
+            await store.pool.executemany(
+                "INSERT INTO windows (job_id, window_id, chunk_no, value, item_no, members, target_pos, anchor_ids,"
+                " anchor_intensity, seed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING", todo)
+        await judge_windows(ctx)
+        for w in await _judged(store.pool, job_id, wids):
+            no = w["item_no"]
+            logp[no] = _update(logp[no], grid, w["target_pos"], list(w["ranking"]), list(w["anchor_intensity"]))
+
+
+async def finalize(ctx: FinalizeContext) -> None:
+    spec: VidbExpandSpec = ctx.spec  # type: ignore[assignment]
+    job_id = ctx.job["id"]
+    new = [(r["text_id"], f"fit:{job_id}") for r in
+           await ctx.conn.fetch("SELECT text_id FROM job_items WHERE job_id = $1 ORDER BY item_no", job_id)]
+    await refit_and_write(ctx.conn, spec.value, job_id, "expand", new, None, "isotonic", spec.prior, warm=True,
+                          from_jobs=spec.from_jobs)
+
+
+KIND = JobKind(
+    name="vidb-expand",
+    spec_model=VidbExpandSpec,
+    stages=(Stage("search", judge_queue, search_stage, give_up_windows),),
+    finalize=finalize,
+    window_stage=0,
+    export_columns=EXPORT_COLUMNS,
+    export_rows=export_rows,
+)
+

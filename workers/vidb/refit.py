@@ -1,0 +1,97 @@
+"""The refit a VIDB job's finalize step runs: lock the value, fit every comparison it counts, write a version.
+
+Which comparisons count: those of the value from its source jobs (earlier builds and expansions,
+scoring jobs folded in with ``--from-job``) and from the job being finalized, whose members are
+all current items of the value or texts this job adds. Which items get new numbers: every item
+in those comparisons gets a new utility and standard error; current items keep their intensity
+(the scale scoring jobs anchor on does not move under them), added texts get
+``g(utility)`` with g the isotonic map fitted on the references (build: the references it was
+planned with; expand: the value's current items), or the min–max map with ``scale='minmax'``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+
+from workers.jobs.kind import JobFailure
+from workers.stats.calibration import MIN_REFERENCE_POINTS
+from workers.vidb import versions as V
+from workers.vidb.fit import fit_utilities, isotonic, minmax, rank_rows
+
+
+@dataclass
+class RefitResult:
+    version: int
+    added: int
+    skipped: int  # added texts left out: none of their windows was judged
+    n_comparisons: int
+
+
+async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kind: str,
+                          new: list[tuple[int, str]], refs: dict[int, tuple[float, str]] | None,
+                          scale: str, prior: float, warm: bool, init_new: dict[int, float] | None = None,
+                          from_jobs: list[str] | None = None) -> RefitResult:
+    """``new``: (text_id, source) of the texts to add; ``refs``: text_id → (intensity, source) of the
+    build's reference items (None: the value's current items are the references)."""
+    await V.value_lock(conn, value)
+    current = {r["text_id"]: r for r in await V.current_items(conn, value)}
+    clash = [t for t, _ in new if t in current]
+    if clash:
+        raise JobFailure(f"{len(clash)} text(s) of this job were added to the VIDB of {value!r} by another job "
+                         f"meanwhile (e.g. text id {clash[0]}); nothing written")
+    new_src = dict(new)
+    refs = refs or {}
+    candidates = set(current) | set(new_src) | set(refs)
+    comps = await V.gather_comparisons(conn, value, [job_id, *(from_jobs or [])])
+    comps = [c for c in comps if all(t in candidates for t in c[0])]
+    tids = sorted({t for members, _ in comps for t in members})
+    if not tids:
+        raise JobFailure(f"no judged comparisons for {value!r}: every window failed (jobs resume --retry-failed)")
+    index = {t: i for i, t in enumerate(tids)}
+    rows = rank_rows(comps, index)
+    init = None
+    if warm:
+        init = np.zeros(len(tids))
+        for t, i in index.items():
+            if t in current and current[t]["utility"] is not None:
+                init[i] = current[t]["utility"]
+            elif init_new and t in init_new:
+                init[i] = init_new[t]
+    fit = fit_utilities(len(tids), rows, prior, init)
+    u, se = fit.utility, fit.stderr
+    # references: the build's, or every current item that was fitted
+    if refs:
+        ref_t = [t for t in refs if t in index]
+        ref_y = np.array([refs[t][0] for t in ref_t])
+    else:
+        ref_t = [t for t in current if t in index]
+        ref_y = np.array([current[t]["intensity"] for t in ref_t])
+    ref_mask = np.array([index[t] for t in ref_t], dtype=np.intp)
+    if scale == "isotonic":
+        if len(ref_t) < MIN_REFERENCE_POINTS:
+            raise JobFailure(f"{value!r}: only {len(ref_t)} reference items were compared; isotonic calibration needs "
+                             f"at least {MIN_REFERENCE_POINTS} (or use --scale minmax)")
+        try:
+            inten = isotonic(u, ref_mask, ref_y)
+        except ValueError as exc:
+            raise JobFailure(f"{value!r}: {exc}") from None
+    else:
+        inten = minmax(u)
+    items, added = [], 0
+    for t, i in index.items():
+        if t in current:
+            items.append(dict(text_id=t, intensity=current[t]["intensity"], utility=u[i], stderr=se[i],
+                              source=current[t]["source"]))
+        elif t in refs:
+            items.append(dict(text_id=t, intensity=refs[t][0], utility=u[i], stderr=se[i], source=refs[t][1]))
+        else:
+            items.append(dict(text_id=t, intensity=float(inten[i]), utility=u[i], stderr=se[i], source=new_src[t]))
+            added += 1
+    skipped = sum(1 for t in new_src if t not in index)
+    version = await V.write_version(conn, value, kind, job_id, items, len(rows), scale,
+                                    note=f"{skipped} text(s) without a judged window left out" if skipped else None)
+    await V.add_sources(conn, value, [job_id, *(from_jobs or [])])
+    return RefitResult(version, added, skipped, len(rows))

@@ -1,0 +1,117 @@
+"""VIDB state in PostgreSQL: current items, immutable versions, the comparisons a value's fit uses.
+
+A version is written by :func:`write_version` inside the caller's transaction (a job's finalize
+step, or an adjudication), after :func:`value_lock` has serialised it against every other writer
+of the same value: the current rows in ``vidb_items`` are updated and all of the value's items are
+snapshotted under the next version number, so a killed writer leaves nothing half-written and
+versions of one value are numbered in commit order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import asyncpg
+
+
+async def value_lock(conn: asyncpg.Connection, value: str) -> None:
+    """Transaction-scoped advisory lock on a value (expansions, refits and adjudications of one value
+    run one at a time; different values in parallel)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('vidb:' || $1)::bigint)", value)
+
+
+async def current_items(conn, value: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, text_id, intensity, utility, stderr, flags, source FROM vidb_items WHERE value = $1"
+        " ORDER BY text_id", value)
+
+
+async def latest_version(conn, value: str) -> int:
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM vidb_versions WHERE value = $1", value))
+
+
+async def latest_versions(conn, values: Sequence[str]) -> dict[str, int]:
+    rows = await conn.fetch("SELECT value, max(version) AS v FROM vidb_versions WHERE value = ANY($1::text[])"
+                            " GROUP BY value", list(values))
+    got = {r["value"]: int(r["v"]) for r in rows}
+    return {v: got.get(v, 0) for v in values}
+
+
+async def gather_comparisons(conn, value: str, job_ids: Sequence[str] = ()) -> list[tuple[list[int], list[int]]]:
+    """(members, ranking) of the value's comparisons from its source jobs and ``job_ids``, in a fixed
+    order (job, window, judge) so a refit is reproducible."""
+    rows = await conn.fetch(
+        "SELECT item_ids, ranking FROM comparisons WHERE value = $1 AND job_id = ANY("
+        " SELECT job_id FROM vidb_sources WHERE value = $1 UNION SELECT unnest($2::text[]))"
+        " ORDER BY job_id, window_id, judge", value, list(job_ids))
+    return [(list(r["item_ids"]), list(r["ranking"])) for r in rows]
+
+
+async def add_sources(conn, value: str, job_ids: Sequence[str]) -> None:
+    await conn.execute("INSERT INTO vidb_sources (value, job_id) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+                       value, list(job_ids))
+
+
+async def write_version(conn: asyncpg.Connection, value: str, kind: str, job_id: str | None,
+                        items: Sequence[dict[str, Any]], n_comparisons: int, scale: str,
+                        note: str | None = None) -> int:
+    """Upsert ``items`` (text_id, intensity, utility, stderr, source) into the value's current rows and
+    snapshot every item of the value as the next version; returns its number. Call inside a
+    transaction holding :func:`value_lock`."""
+    version = await latest_version(conn, value) + 1
+    before = int(await conn.fetchval("SELECT count(*) FROM vidb_items WHERE value = $1", value))
+    await conn.execute(
+        "INSERT INTO vidb_items (value, text_id, intensity, utility, stderr, fit_version, source)"
+        " SELECT $1, t, i, u, s, $7, src FROM unnest($2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::text[])"
+        " AS x(t, i, u, s, src)"
+        " ON CONFLICT (value, text_id) DO UPDATE SET intensity = EXCLUDED.intensity, utility = EXCLUDED.utility,"
+        " stderr = EXCLUDED.stderr, fit_version = EXCLUDED.fit_version",
+        value, [int(r["text_id"]) for r in items], [float(r["intensity"]) for r in items],
+        [None if r.get("utility") is None else float(r["utility"]) for r in items],
+        [None if r.get("stderr") is None else float(r["stderr"]) for r in items],
+        [str(r["source"]) for r in items], version)
+    n_items = int(await conn.fetchval("SELECT count(*) FROM vidb_items WHERE value = $1", value))
+    await conn.execute(
+        "INSERT INTO vidb_versions (value, version, kind, job_id, n_items, n_new, n_comparisons, scale, note)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        value, version, kind, job_id, n_items, n_items - before, n_comparisons, scale, note)
+    await conn.execute(
+        "INSERT INTO vidb_version_items (value, version, item_id, text_id, intensity, utility, stderr, flags, source)"
+        " SELECT value, $2, id, text_id, intensity, utility, stderr, flags, source FROM vidb_items WHERE value = $1",
+        value, version)
+    return version
+
+
+async def versions(conn, value: str | None = None) -> list[asyncpg.Record]:
+    if value is None:
+        return await conn.fetch("SELECT * FROM vidb_versions ORDER BY value, version")
+    return await conn.fetch("SELECT * FROM vidb_versions WHERE value = $1 ORDER BY version", value)
+
+
+async def version_items(conn, value: str, version: int | None = None) -> list[asyncpg.Record]:
+    """A version's items with their texts (``None``: the current rows, which equal the latest
+    version plus any items imported since)."""
+    if version is None:
+        return await conn.fetch(
+            "SELECT v.id AS item_id, v.text_id, t.body AS text, v.intensity, v.utility, v.stderr, v.flags, v.source"
+            " FROM vidb_items v JOIN texts t ON t.id = v.text_id WHERE v.value = $1 ORDER BY v.id", value)
+    if not await conn.fetchval("SELECT 1 FROM vidb_versions WHERE value = $1 AND version = $2", value, version):
+        raise ValueError(f"value {value!r} has no VIDB version {version}")
+    return await conn.fetch(
+        "SELECT v.item_id, v.text_id, t.body AS text, v.intensity, v.utility, v.stderr, v.flags, v.source"
+        " FROM vidb_version_items v JOIN texts t ON t.id = v.text_id WHERE v.value = $1 AND v.version = $2"
+        " ORDER BY v.item_id", value, version)
+
+
+async def diff(conn, value: str, a: int, b: int, min_change: float = 0.0) -> dict[str, list[dict]]:
+    """Items added, removed and whose intensity changed by more than ``min_change`` from version a to b."""
+    old = {r["text_id"]: r for r in await version_items(conn, value, a)}
+    new = {r["text_id"]: r for r in await version_items(conn, value, b)}
+    added = [dict(new[t]) for t in new.keys() - old.keys()]
+    removed = [dict(old[t]) for t in old.keys() - new.keys()]
+    changed = [{"text": new[t]["text"], "item_id": new[t]["item_id"], "from": old[t]["intensity"],
+                "to": new[t]["intensity"], "flags_from": list(old[t]["flags"]), "flags_to": list(new[t]["flags"])}
+               for t in new.keys() & old.keys()
+               if abs(new[t]["intensity"] - old[t]["intensity"]) > min_change or list(new[t]["flags"]) != list(old[t]["flags"])]
+    key = lambda r: r["item_id"]  # noqa: E731
+    return {"added": sorted(added, key=key), "removed": sorted(removed, key=key), "changed": sorted(changed, key=key)}
