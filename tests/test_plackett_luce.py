@@ -4,11 +4,11 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import spearmanr
 
-from workers import plackett_luce as pl
-from workers.anchored import fit_judge_scale, score_anchored, score_calibrated
-from workers.calibration import fit_isotonic
-from workers.pl_simulate import simulate_pairs as sim_pairs
-from workers.pl_simulate import simulate_rankings as sim_rankings
+from workers.stats import plackett_luce as pl
+from workers.stats.anchored import apply_guard, fit_judge_scale, score_anchored, score_calibrated
+from workers.stats.calibration import fit_isotonic
+from workers.stats.pl_simulate import simulate_pairs as sim_pairs
+from workers.stats.pl_simulate import simulate_rankings as sim_rankings
 
 
 def test_recovers_synthetic_truth_at_scale():
@@ -178,24 +178,54 @@ def test_anchored_upstream_mode_equals_per_item_reference():
     res = score_anchored(item, u, 150)
     ref = np.array([_reference_root(u[item == i]) for i in range(150)])
     assert np.abs(res.raw_utility - ref).max() <= 1e-4
-    # the guard: below every anchor everywhere -> just below the lowest anchor met
+    # the guard: below every anchor everywhere -> one floating-point step below the lowest anchor met
     guarded = np.flatnonzero(res.guard == -1)
+    assert guarded.size >= 5
     for i in guarded:
-        assert res.utility[i] == pytest.approx(np.nanmin(u[item == i]) - 0.5)
+        assert res.utility[i] == np.nextafter(np.nanmin(u[item == i]), -np.inf)
     inside = res.guard == 0
     assert np.all(res.utility[inside] >= res.anchor_min[inside]) and np.all(res.utility[inside] <= res.anchor_max[inside])
 
 
 def test_anchored_guard_cases():
-    # one item always last, one always first, one in the middle
+    # one item always last, one always first, one in the middle, one landing on its highest anchor
     u = np.array([[3.0, 1.0, np.nan], [2.0, -4.0, np.nan],
                   [np.nan, 3.0, 1.0], [np.nan, 5.0, 0.0],
-                  [3.0, np.nan, 1.0]])
-    item = np.array([0, 0, 1, 1, 2])
-    res = score_anchored(item, u, 3)
-    assert res.guard.tolist() == [-1, 1, 0]
-    assert res.utility[0] == pytest.approx(-4.5) and res.utility[1] == pytest.approx(5.5)
-    assert 1.0 <= res.utility[2] <= 3.0
+                  [3.0, np.nan, 1.0],
+                  [np.nan, 1.0, 0.0], [np.nan, 1.0, 0.0], [1.0, np.nan, 0.0]])
+    item = np.array([0, 0, 1, 1, 2, 3, 3, 3])
+    res = score_anchored(item, u, 4)  # upstream: one ulp, 1e-6 edge nudge, clip to [-10, 10]
+    assert res.guard.tolist() == [-1, 1, 0, 0]
+    assert res.utility[0] == np.nextafter(-4.0, -np.inf) and res.utility[1] == np.nextafter(5.0, np.inf)
+    assert 1.0 < res.utility[2] < 3.0
+    assert res.raw_utility[3] > 1.0 and res.utility[3] == 1.0 - 1e-6  # clamped to 1, nudged inside
+    fixed = score_anchored(item, u, 4, guard_margin=0.5, edge_nudge=0.0)
+    assert fixed.utility[0] == -4.5 and fixed.utility[1] == 5.5 and fixed.utility[3] == 1.0
+    off = score_anchored(item, u, 4, guard=False)
+    np.testing.assert_array_equal(off.utility, off.raw_utility)
+    # the final clip: an item below an anchor at -10 stays at -10, with a margin too
+    edge = np.array([[-9.0, -10.0, np.nan]])
+    assert score_anchored(np.array([0]), edge, 1).utility[0] == -10.0
+    assert score_anchored(np.array([0]), edge, 1, guard_margin=0.5).utility[0] == -10.0
+    assert score_anchored(np.array([0]), edge, 1, guard_margin=0.5, clip_range=None).utility[0] == -10.5
+
+
+def test_apply_guard_formula_and_bad_options():
+    theta = np.array([0.0, 0.0, 7.0, -7.0, 2.0, 2.0])
+    flag = np.array([-1, 1, 0, 0, 0, 0])
+    amin = np.array([-3.0, -3.0, -1.0, -1.0, 2.0, -1.0])
+    amax = np.array([4.0, 4.0, 5.0, 5.0, 2.0, 2.0])
+    g = apply_guard(theta, flag, amin, amax)
+    assert g.tolist() == [np.nextafter(-3.0, -np.inf), np.nextafter(4.0, np.inf), 5.0 - 1e-6, -1.0 + 1e-6,
+                          2.0 - 1e-6, 2.0 - 1e-6]  # a one-point span goes below its end, as published
+    assert apply_guard(theta, flag, amin, amax, margin=0.25, edge_nudge=0.0, clip_range=(-2.0, 4.5)).tolist() == \
+        [-2.0, 4.25, 5.0 - 0.5, -1.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="guard_margin: must be None"):
+        apply_guard(theta, flag, amin, amax, margin=-1.0)
+    with pytest.raises(ValueError, match="edge_nudge"):
+        apply_guard(theta, flag, amin, amax, edge_nudge=float("nan"))
+    with pytest.raises(ValueError, match="clip_range"):
+        apply_guard(theta, flag, amin, amax, clip_range=(1.0, -1.0))
 
 
 def test_judge_scale_recovered_and_calibrated_scores_agree_across_judges():

@@ -12,7 +12,7 @@ import numpy as np
 from schemas.messages import Ranking
 from schemas.taxonomy import Value
 from workers.judges.config import JudgeConfig
-from workers.judges.parsing import ParseError, parse_ranking
+from workers.judges.parsing import ParseError, parse_ranking, parse_ranking_upstream
 from workers.judges.prompts import build_messages, cache_key, repair_message
 
 
@@ -128,7 +128,9 @@ class LLMJudge(Judge):
             return []
         t0 = time.monotonic()
         results: list[Ranking | None] = [None] * len(windows)
-        convs = [build_messages(value, w, one_shot=self.config.one_shot) for w in windows]
+        convs = [build_messages(value, w, one_shot=self.config.one_shot, system=self.config.system_prompt)
+                 for w in windows]
+        parse = parse_ranking_upstream if self.config.parse == "upstream" else parse_ranking
         # group by k: the structured-output schema depends on it
         by_k: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
@@ -137,9 +139,9 @@ class LLMJudge(Judge):
             comps, keys = await self._cached_complete([convs[i] for i in idx], k)
             repair_idx, repair_convs = [], []
             for i, comp, key in zip(idx, comps, keys):
-                r = _to_ranking(comp, key, k)
+                r = _to_ranking(comp, key, k, parse)
                 results[i] = r
-                if r.order is None and comp.error is None:
+                if r.order is None and comp.error is None and self.config.repair:
                     repair_idx.append(i)
                     repair_convs.append(convs[i] + [{"role": "assistant", "content": comp.text or ""},
                                                     repair_message(k)])
@@ -147,7 +149,7 @@ class LLMJudge(Judge):
                 comps2, keys2 = await self._cached_complete(repair_convs, k)
                 for i, comp, key in zip(repair_idx, comps2, keys2):
                     first = results[i]
-                    r = _to_ranking(comp, key, k)
+                    r = _to_ranking(comp, key, k, parse)
                     results[i] = r.model_copy(update={
                         "raw": (first.raw or "") + "\n---repair---\n" + (comp.text or ""),
                         "attempts": first.attempts + r.attempts,
@@ -158,12 +160,12 @@ class LLMJudge(Judge):
         return [r if r.latency_s else r.model_copy(update={"latency_s": elapsed}) for r in results]  # type: ignore[union-attr]
 
 
-def _to_ranking(comp: Completion, key: str, k: int) -> Ranking:
+def _to_ranking(comp: Completion, key: str, k: int, parse=parse_ranking) -> Ranking:
     base = dict(raw=comp.text or "", prompt_hash=key, tokens_in=comp.tokens_in, tokens_out=comp.tokens_out,
                 latency_s=comp.latency_s, attempts=comp.attempts, cached=comp.attempts == 0)
     if comp.error is not None:
         return Ranking(order=None, failure=comp.error, **base)
     try:
-        return Ranking(order=parse_ranking(comp.text or "", k), **base)
+        return Ranking(order=parse(comp.text or "", k), **base)
     except ParseError as exc:
         return Ranking(order=None, failure=str(exc), **base)

@@ -47,6 +47,12 @@ class JudgeConfig(BaseModel):
     structured: Literal["auto", "json_schema", "json_object", "off"] = "auto"
     one_shot: bool = False
     both_orders: bool = False  # also ask the reversed order and merge (position-bias control)
+    # switches back to the published evaluator's judge behaviour (docs/evaluator.md)
+    # system message: this project's annotator line, the generic "You are a helpful assistant."
+    # that the published evaluator's model wrappers send (published), or none at all
+    system_prompt: Literal["project", "generic", "none"] = "project"
+    repair: bool = True  # False: an unreadable answer fails the window, no second turn (published)
+    parse: Literal["lenient", "upstream"] = "lenient"  # upstream: only the first [..] list counts
     batch_size: int = Field(default=16, ge=1)  # local LLM generation batch
     device: str | None = None
     encoder: str | None = None  # embedding judge: encoder path (HiVES checkpoint); None = MiniLM

@@ -3,6 +3,8 @@
 Accepted, anywhere in the answer: a bracketed integer list (``[3, 1, 2]``, also inside JSON such as
 ``{"ranking": [3, 1, 2]}``), a chain (``3 > 1 > 2``), one number per line (``3`` / ``Text 3``), or a
 bare comma-separated list. The result must be a permutation of 1..k; it is returned 0-based.
+:func:`parse_ranking_upstream` is the published evaluator's rule: the first bracketed list of digits
+only, which must be a permutation.
 """
 
 from __future__ import annotations
@@ -57,3 +59,21 @@ def parse_ranking(answer: str, k: int) -> list[int]:
         found.append(nums)
     what = f"; lists found: {found[:3]}" if found else ""
     raise ParseError(f"no permutation of 1..{k} in the answer{what}")
+
+
+_UPSTREAM = re.compile(r"\[([\d,\s]+)\]")
+
+
+def parse_ranking_upstream(answer: str, k: int) -> list[int]:
+    """The published rule: the first ``[`` digits/commas/spaces ``]`` in the answer must be a
+    permutation of 1..k (0-based result); anything else raises :class:`ParseError`."""
+    m = _UPSTREAM.search(answer or "")
+    if m is None:
+        raise ParseError("no bracketed list of numbers in the answer")
+    try:
+        nums = [int(x) for x in m.group(1).split(",")]
+    except ValueError:
+        raise ParseError(f"first bracketed list is not comma-separated integers: [{m.group(1)}]") from None
+    if (p := _perm(nums, k)) is None:
+        raise ParseError(f"first bracketed list is not a permutation of 1..{k}: {nums}")
+    return p

@@ -32,6 +32,9 @@ SYSTEM = (
     "one expresses support for, or opposition to, a given value."
 )
 
+GENERIC_SYSTEM = "You are a helpful assistant."
+SYSTEM_PROMPTS = {"project": SYSTEM, "generic": GENERIC_SYSTEM, "none": None}
+
 # A worked example for the one-shot variant (invented for this project).
 _EXAMPLE_TEXTS = [
     "I lied to my friend so I could keep the money she lent me.",
@@ -54,8 +57,12 @@ def ranking_instructions(k: int) -> str:
     )
 
 
-def build_messages(value: Value, texts: list[str], one_shot: bool = False) -> list[dict]:
-    """Chat messages asking the judge to rank ``texts`` for ``value``."""
+def build_messages(value: Value, texts: list[str], one_shot: bool = False, system: str = "project") -> list[dict]:
+    """Chat messages asking the judge to rank ``texts`` for ``value``. ``system``: ``"project"``
+    (:data:`SYSTEM`), ``"generic"`` (:data:`GENERIC_SYSTEM`, the system line the published
+    evaluator's model wrappers send) or ``"none"`` (the user message alone)."""
+    if system not in SYSTEM_PROMPTS:
+        raise ValueError(f"system prompt: expected one of {', '.join(map(repr, SYSTEM_PROMPTS))}, got {system!r}")
     frame = THEORY_FRAMES.get(value.theory, value.theory)
     definition = value.definition or default_taxonomy().definition(value.name, value.theory)
     pro, con = THEORY_POLES.get(value.theory, ("supports the value", "opposes the value"))
@@ -74,7 +81,9 @@ def build_messages(value: Value, texts: list[str], one_shot: bool = False) -> li
         )
     body = "\n".join(f"Text {i}: {' '.join(t.split())}" for i, t in enumerate(texts, 1))
     user = f"{head}{shot}{body}\n\n{ranking_instructions(len(texts))}"
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    msgs = [{"role": "user", "content": user}]
+    text = SYSTEM_PROMPTS[system]
+    return [{"role": "system", "content": text}, *msgs] if text else msgs
 
 
 REPAIR = (

@@ -18,9 +18,13 @@ strictly decreasing, so the root is unique; it is found for all items at once by
 Newton (bisection whenever a Newton step leaves the bracket). The standard error is
 :math:`(-S'(\hat\theta))^{-1/2}`.
 
-Window guard (as in the published evaluator): an item ranked below every anchor in all its windows
-gets ``min(anchors met) − margin``, one above every anchor in all its windows
-``max(anchors met) + margin``, anything else is clamped to ``[min, max]`` of the anchors it met.
+Window guard (:func:`apply_guard`, as in the published evaluator): with :math:`a_-, a_+` the lowest
+and highest anchor utility an item met, an item ranked below every anchor in all its windows gets
+:math:`\operatorname{nextafter}(a_-, -\infty)` (one floating-point step below), one ranked above every
+anchor in all its windows :math:`\operatorname{nextafter}(a_+, +\infty)`; any other item gets its
+root clamped to :math:`[a_-, a_+]`, moved ``edge_nudge`` inside when it sits on an end; the result is
+clipped to ``clip_range`` ([-10, 10], the intensity scale). Other modes may replace the one-step move
+by a fixed ``guard_margin``.
 
 Judge scale: a judge that ranks anchors of intensities :math:`x` behaves like PL with
 :math:`u = \beta x`; :func:`fit_judge_scale` estimates :math:`\beta` by maximum likelihood from
@@ -36,6 +40,9 @@ import numpy as np
 
 UPSTREAM_PRIOR = 1e-3
 UPSTREAM_BOUNDS = (-20.0, 20.0)
+UPSTREAM_RANGE = (-10.0, 10.0)  # final clip: the intensity scale
+UPSTREAM_EDGE_NUDGE = 1e-6  # the published "strictly inside" nudge off the anchor span's ends
+EDGE_TOL = 1e-12  # a clamped value this close to an end counts as on it (as published)
 
 
 @dataclass
@@ -103,10 +110,65 @@ def _score(theta, item, logR, wins, prior, n_items):
     return S, dS
 
 
+def apply_guard(theta: np.ndarray, flag: np.ndarray, amin: np.ndarray, amax: np.ndarray,
+                margin: float | None = None, edge_nudge: float = UPSTREAM_EDGE_NUDGE,
+                clip_range: tuple[float, float] | None = UPSTREAM_RANGE) -> np.ndarray:
+    r"""The window guard, item by item.
+
+    With :math:`a_-, a_+` the lowest and highest anchor an item met and :math:`\hat\theta` its root:
+
+    .. math:: g = \begin{cases}
+              a_- - \delta_- & \text{ranked below every anchor in all its windows (flag } -1)\\
+              a_+ + \delta_+ & \text{ranked above every anchor in all its windows (flag } +1)\\
+              c & \text{otherwise,}\ c = \min(\max(\hat\theta, a_-), a_+)
+              \end{cases}
+
+    where :math:`a_- - \delta_- = \operatorname{nextafter}(a_-, -\infty)` and
+    :math:`a_+ + \delta_+ = \operatorname{nextafter}(a_+, +\infty)` (one floating-point step, the
+    published rule) when ``margin`` is None, else :math:`\delta_\pm` = ``margin``. With
+    ``edge_nudge`` :math:`\varepsilon > 0`, a clamped value within ``EDGE_TOL`` of :math:`a_-` becomes
+    :math:`\min(a_+ - \varepsilon, a_- + \varepsilon)`, else one within ``EDGE_TOL`` of :math:`a_+`
+    becomes :math:`\max(a_- + \varepsilon, a_+ - \varepsilon)` (published). Finally :math:`g` is
+    clipped to ``clip_range`` when given.
+    """
+    theta, amin, amax = (np.asarray(a, dtype=float) for a in (theta, amin, amax))
+    flag = np.asarray(flag)
+    if margin is None:
+        below, above = np.nextafter(amin, -np.inf), np.nextafter(amax, np.inf)
+    else:
+        if not np.isfinite(margin) or margin < 0:
+            raise ValueError(f"guard_margin: must be None (one ulp) or a finite number >= 0, got {margin!r}")
+        below, above = amin - margin, amax + margin
+    c = np.clip(theta, amin, amax)
+    if edge_nudge:
+        if not np.isfinite(edge_nudge) or edge_nudge < 0:
+            raise ValueError(f"edge_nudge: must be a finite number >= 0, got {edge_nudge!r}")
+        at_lo = np.abs(c - amin) < EDGE_TOL
+        at_hi = ~at_lo & (np.abs(c - amax) < EDGE_TOL)
+        c = np.where(at_lo, np.minimum(amax - edge_nudge, amin + edge_nudge),
+                     np.where(at_hi, np.maximum(amin + edge_nudge, amax - edge_nudge), c))
+    g = np.where(flag == -1, below, np.where(flag == 1, above, c))
+    if clip_range is not None:
+        lo, hi = map(float, clip_range)
+        if not lo <= hi:
+            raise ValueError(f"clip_range: expected (low, high) with low <= high, got {clip_range!r}")
+        g = np.clip(g, lo, hi)
+    return g
+
+
 def score_anchored(item, u, n_items: int | None = None, prior: float = UPSTREAM_PRIOR,
                    bounds: tuple[float, float] = UPSTREAM_BOUNDS, guard: bool = True,
-                   guard_margin: float = 0.5, tol: float = 1e-10, max_iter: int = 100) -> AnchoredScores:
-    """MAP utility and standard error of every free item; see the module docstring."""
+                   guard_margin: float | None = None, tol: float = 1e-10, max_iter: int = 100,
+                   edge_nudge: float = UPSTREAM_EDGE_NUDGE,
+                   clip_range: tuple[float, float] | None = UPSTREAM_RANGE) -> AnchoredScores:
+    """MAP utility and standard error of every free item; see the module docstring.
+
+    The defaults are the published evaluator (``upstream`` mode): prior λ = 1e-3, root on
+    [-20, 20], guard with a one-ulp step (``guard_margin=None``), the 1e-6 edge nudge and a final
+    clip to [-10, 10]. ``guard_margin`` (a number) replaces the one-ulp step by a fixed margin,
+    ``edge_nudge=0`` drops the nudge, ``clip_range=None`` the final clip (see :func:`apply_guard`).
+    ``guard=False`` returns the roots unguarded and unclipped.
+    """
     if n_items is None:
         n_items = int(np.max(item)) + 1 if len(item) else 0
     item, u = _validate(item, u, n_items)
@@ -161,9 +223,8 @@ def score_anchored(item, u, n_items: int | None = None, prior: float = UPSTREAM_
     gflag[seen & (last == nwin)] = -1
     gflag[seen & (first == nwin)] = 1
     if guard:
-        theta = np.where(gflag == -1, amin - guard_margin,
-                         np.where(gflag == 1, amax + guard_margin, np.clip(theta, amin, amax)))
-        theta = np.where(seen, theta, raw)
+        with np.errstate(invalid="ignore"):  # items with no window: amin = +inf, amax = -inf
+            theta = np.where(seen, apply_guard(theta, gflag, amin, amax, guard_margin, edge_nudge, clip_range), raw)
     _, s2 = score_equation(theta[item], logR)
     info = np.bincount(item, weights=s2, minlength=n_items) + prior
     with np.errstate(divide="ignore"):
@@ -221,18 +282,23 @@ def fit_judge_scale(x, max_iter: int = 50, tol: float = 1e-10) -> tuple[float, f
 
 
 def score_calibrated(item, x, beta: float, beta_se: float = 0.0, n_items: int | None = None,
-                     prior: float = UPSTREAM_PRIOR, guard_margin: float = 0.5) -> tuple[np.ndarray, np.ndarray, AnchoredScores]:
+                     prior: float = UPSTREAM_PRIOR, guard_margin: float | None = 0.5, edge_nudge: float = 0.0,
+                     clip_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, AnchoredScores]:
     r"""Score in intensity units: anchors get :math:`u=\beta x`; intensity :math:`\hat\theta/\beta`.
 
     Standard error by the delta method,
     :math:`\mathrm{se}^2 = \mathrm{se}_\theta^2/\beta^2 + (\hat\theta/\beta)^2\,\mathrm{se}_\beta^2/\beta^2`.
-    The guard margin is given in intensity units.
+    ``guard_margin``, ``edge_nudge`` and ``clip_range`` are given in intensity units
+    (``guard_margin=None``: one floating-point step in utility units); the defaults are this
+    project's ``calibrated`` mode (0.5 margin, no nudge, no clip).
     """
     if not beta > 0:
         raise ValueError(f"beta: must be > 0, got {beta!r}")
     res = score_anchored(item, np.asarray(x, float) * beta, n_items=n_items, prior=prior,
                          bounds=(UPSTREAM_BOUNDS[0] * beta, UPSTREAM_BOUNDS[1] * beta),
-                         guard_margin=guard_margin * beta)
+                         guard_margin=None if guard_margin is None else guard_margin * beta,
+                         edge_nudge=edge_nudge * beta,
+                         clip_range=None if clip_range is None else (clip_range[0] * beta, clip_range[1] * beta))
     intensity = res.utility / beta
     se = np.sqrt((res.stderr / beta) ** 2 + (intensity * beta_se / beta) ** 2)
     return intensity, se, res
