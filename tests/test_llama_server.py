@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from schemas.taxonomy import default_taxonomy
-from scheduler.embedded import free_port
+from workers.infra.embedded import free_port
 from tests.conftest import vidb_sample
 from workers.judges.api_judge import APIJudge
 from workers.judges.config import JudgeConfig
@@ -69,7 +69,9 @@ def test_api_judge_ranks_real_windows_through_llama_cpp(llama_server, structured
     with capsys.disabled():
         print(f"\n[llama.cpp server, structured={structured}] parse rate {parsed}/{len(results)}; "
               f"tokens in {sum(r.tokens_in for r in results)}, out {sum(r.tokens_out for r in results)}")
-    assert all(r.attempts >= 1 and (r.ok or r.failure) for r in results)
+    for r in results:  # parsed: a permutation of the six texts; unparsed: one repair turn, named in the failure
+        assert (r.ok and sorted(r.order) == list(range(6))) or (
+            not r.ok and r.attempts == 2 and r.failure.startswith("unparseable after repair"))
     assert all(r.tokens_in > 0 for r in results)  # real token accounting from the server
     if structured == "auto":
         assert judge.structured_format == "json_object"  # llama-cpp-python's server form
