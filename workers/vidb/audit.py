@@ -112,28 +112,19 @@ async def ranking_votes(judge, value: Value, items: list, margin: float) -> list
     return votes
 
 
-async def api_votes(config, store, value: Value, items: list) -> list[Vote]:
-    from workers.judges.api_judge import APIJudge
+async def api_votes(config, value: Value, items: list) -> list[Vote]:
+    """Votes of an API judge: one structured-output question per item (:data:`PLAUSIBILITY_SCHEMA`)."""
+    from workers.llm.client import ChatClient
 
-    class _Plausibility(APIJudge):
-        def _body(self, messages, k):
-            body = {"model": self.config.model, "messages": messages, "temperature": self.config.temperature,
-                    "max_tokens": max(self.config.max_tokens, 96)}
-            fmt = self._formats[0]
-            if fmt == "json_schema":
-                body["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": "plausibility", "strict": True, "schema": PLAUSIBILITY_SCHEMA}}
-            elif fmt == "json_object":
-                body["response_format"] = {"type": "json_object", "schema": PLAUSIBILITY_SCHEMA}
-            return body
-
-    judge = _Plausibility(config, store)
+    client = ChatClient(config)
     try:
-        comps = await judge.complete([plausibility_messages(value, r["body"], r["intensity"]) for r in items], 0)
+        results = await client.chat_many([plausibility_messages(value, r["body"], r["intensity"]) for r in items],
+                                         config.temperature, max(config.max_tokens, 96), schema=PLAUSIBILITY_SCHEMA,
+                                         schema_name="plausibility")
     finally:
-        await judge.aclose()
+        await client.aclose()
     out = []
-    for c in comps:
+    for c in results:
         v = None if c.error else parse_verdict(c.text or "")
         out.append(Vote(None, c.error or "unreadable answer") if v is None else Vote(*v))
     return out
@@ -159,7 +150,7 @@ async def audit_value(store, value: str, panel: list[str], min_weird: int, margi
         else:
             cfg = get_judge_config(name)
             if cfg.kind == "api":
-                votes = await api_votes(cfg, store, val, items)
+                votes = await api_votes(cfg, val, items)
             else:
                 judge = make_judge(cfg, store)
                 try:

@@ -3,8 +3,9 @@ r"""Window designs for building a VIDB: connected, balanced k-way designs over n
 Balanced design (``per_text`` = r, window size k). Each of r rounds draws a random permutation
 :math:`\pi` of the n texts and cuts it into :math:`\lceil n/k\rceil` consecutive windows; a short
 last window is filled with texts drawn from outside it, so every text appears in r windows (a few
-in r + 1). A round is redrawn (up to ``tries`` times) while it repeats a pair already compared, so
-with k = 2 and r ≥ 2 no text meets only one opponent. If the comparison graph is still
+in r + 1). Members are then swapped between windows of the round (up to ``tries`` attempts per window) while
+that lowers the number of pairs already compared, so with k = 2 a text meets r different
+opponents (no text only against one other). If the comparison graph is still
 disconnected, one bridging window per extra component joins a member of each component to the
 largest one. Published VIDB builds use pairwise windows (k = 2); k up to 6 is allowed.
 """
@@ -27,6 +28,30 @@ def _round(n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
         fill = rng.choice(outside, size=k - len(last), replace=False)
         out[-1] = np.concatenate([last, fill])
     return out
+
+
+def _repeats(w: np.ndarray, seen: set[tuple[int, int]]) -> int:
+    return len(_pairs(w) & seen)
+
+
+def _repair(ws: list[np.ndarray], seen: set[tuple[int, int]], rng: np.random.Generator, tries: int) -> list[np.ndarray]:
+    """Swap members between windows of one round while that lowers the pairs already compared."""
+    if len(ws) < 2:
+        return ws
+    for i in range(len(ws)):
+        for _ in range(tries):
+            if _repeats(ws[i], seen) == 0:
+                break
+            j = int(rng.integers(len(ws) - 1))
+            j += j >= i
+            a, b = int(rng.integers(len(ws[i]))), int(rng.integers(len(ws[j])))
+            wi, wj = ws[i].copy(), ws[j].copy()
+            wi[a], wj[b] = ws[j][b], ws[i][a]
+            if len(set(wi.tolist())) < len(wi) or len(set(wj.tolist())) < len(wj):
+                continue
+            if _repeats(wi, seen) + _repeats(wj, seen) < _repeats(ws[i], seen) + _repeats(ws[j], seen):
+                ws[i], ws[j] = wi, wj
+    return ws
 
 
 def components(n: int, windows: list[np.ndarray]) -> np.ndarray:
@@ -63,17 +88,10 @@ def balanced_design(n: int, k: int, per_text: int, rng: np.random.Generator, tri
     seen: set[tuple[int, int]] = set()
     windows: list[np.ndarray] = []
     for _ in range(per_text):
-        best, best_rep = None, None
-        for _ in range(tries):
-            cand = _round(n, k, rng)
-            rep = sum(len(_pairs(w) & seen) for w in cand)
-            if best_rep is None or rep < best_rep:
-                best, best_rep = cand, rep
-            if rep == 0:
-                break
-        for w in best:  # type: ignore[union-attr]
+        cand = _repair(_round(n, k, rng), seen, rng, tries)
+        for w in cand:
             seen |= _pairs(w)
-        windows += best  # type: ignore[operator]
+        windows += cand
     labels = components(n, windows)
     roots = np.unique(labels)
     if len(roots) > 1:

@@ -60,12 +60,12 @@ async def check_corpus(store: Store, value: str, rows: list[InputRow], what: str
         if h in seen:
             raise ValueError(f"{what}:{r.line}: field 'text': same text as line {seen[h].line}")
         seen[h] = r
-    hit = await store.pool.fetchrow(
+    hits = await store.pool.fetch(
         "SELECT t.sha256 FROM vidb_items v JOIN texts t ON t.id = v.text_id WHERE v.value = $1"
-        " AND t.sha256 = ANY($2::bytea[]) LIMIT 1", value, list(seen))
-    if hit is not None:
-        r = seen[bytes(hit["sha256"])]
-        raise ValueError(f"{what}:{r.line}: field 'text': already in the VIDB of {value!r} (id {r.ext_id!r})")
+        " AND t.sha256 = ANY($2::bytea[])", value, list(seen))
+    if hits:
+        r = min((seen[bytes(h["sha256"])] for h in hits), key=lambda x: x.line)
+        raise ValueError(f"{what}:{r.line}: field 'text': already in the VIDB of {value!r} (id {r.ext_id!r}; {len(hits)} such text(s))")
 
 
 def spread(intensity: np.ndarray, m: int) -> np.ndarray:

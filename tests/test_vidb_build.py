@@ -1,0 +1,244 @@
+"""VIDB build: window design, simulated-judge recovery, versions, export, bad inputs (library and CLI)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from tests.conftest import open_test_store, run_cli
+
+VALUE = "benevolence"
+
+
+# -- helpers shared with the other VIDB tests ------------------------------------------------------------
+def corpus(n: int, seed: int = 0, offset: int = 0) -> tuple[list, np.ndarray]:
+    """n texts whose hidden utilities ~ N(0, 1.5²) are tagged for the simulated judge."""
+    from workers.io.inputs import InputRow
+    from workers.vidb.simulated_judge import tag
+
+    theta = np.random.default_rng(seed).normal(0, 1.5, n)
+    return [InputRow(i + 1, f"t{offset + i}", tag(f"text {offset + i}", theta[i])) for i in range(n)], theta
+
+
+def references(n: int = 20) -> list[tuple[str, float]]:
+    """Reference items with known intensity 3·u over the utility range."""
+    from workers.vidb.simulated_judge import tag
+
+    return [(tag(f"reference {j}", u), float(np.clip(3 * u, -10, 10))) for j, u in enumerate(np.linspace(-3.5, 3.5, n))]
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps({"id": r.ext_id, "text": r.text}) + "\n" for r in rows))
+
+
+def write_refs(path, refs) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "final_rating"])
+        w.writerows(refs)
+
+
+async def build_inline(store, rows, refs, job_id="build-1", **kw):
+    from schemas.vidb import VidbBuildSpec
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_build
+
+    spec = VidbBuildSpec(input="mem", value=VALUE, judge=kw.pop("judge", "simulated"), reference="refs.csv", **kw)
+    sends = await lifecycle.submit(store, vidb_build.KIND, spec, job_id, vidb_build.planner(spec, rows, refs))
+    await lifecycle.run_inline(store, Resources(), sends)
+    return job_id
+
+
+async def counts(store) -> dict:
+    out = {}
+    for t in ("jobs", "texts", "vidb_items", "vidb_versions", "windows", "job_items"):
+        out[t] = await store.pool.fetchval(f"SELECT count(*) FROM {t}")
+    return out
+
+
+# -- design ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,k,r", [(101, 2, 4), (300, 2, 10), (50, 6, 3), (7, 3, 2)])
+def test_design_is_connected_balanced_and_never_one_opponent(n, k, r):
+    from workers.vidb.design import balanced_design, components
+
+    ws = balanced_design(n, k, r, np.random.default_rng(1))
+    assert all(len(w) == k and len(set(w.tolist())) == k for w in ws)
+    appear = np.bincount(np.concatenate(ws), minlength=n)
+    assert appear.min() >= r and appear.max() <= r + 1 + (1 if n % k else 0)  # balanced
+    assert len(np.unique(components(n, ws))) == 1  # connected
+    opponents = [set() for _ in range(n)]
+    for w in ws:
+        for a in w:
+            opponents[a] |= set(w.tolist()) - {a}
+    assert min(len(o) for o in opponents) >= (r if k == 2 else k)  # no text only against one other
+
+
+def test_design_rejects_too_few_texts():
+    from workers.vidb.design import balanced_design
+
+    with pytest.raises(ValueError, match="at least 3 texts"):
+        balanced_design(2, 2, 3, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="at least k=6"):
+        balanced_design(5, 6, 3, np.random.default_rng(0))
+
+
+def test_search_likelihood_is_plackett_luce_with_the_others_fixed():
+    from workers.stats import plackett_luce as pl
+    from workers.vidb.search import window_loglik
+
+    others = np.array([0.7, -0.2, 1.1])  # utilities of the anchors, in the judge's rank order
+    grid = np.linspace(-3, 3, 7)
+    for pos in range(4):
+        ranking = [1, 2, 3]
+        ranking.insert(pos, 0)  # item 0 is the new text
+        ll = window_loglik(grid, pos, others)
+        ref = [pl.loglik(4, np.array([ranking]), np.r_[t, others]) for t in grid]
+        assert np.allclose(ll - ll[0], np.array(ref) - ref[0], atol=1e-12)
+
+
+# -- library: recovery, version, export ----------------------------------------------------------------------
+def test_build_on_a_simulated_judge_recovers_the_order_and_writes_one_version(pg_url):
+    from workers.jobs.kinds import vidb_build
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            rows, theta = corpus(300)
+            job = await build_inline(store, rows, references(), per_text=16)
+            assert (await store.job(job))["state"] == "done"
+            out = [r async for b in vidb_build.export_rows(store, job) for r in b]
+            assert [r["id"] for r in out] == [r.ext_id for r in rows]
+            u = np.array([r["utility"] for r in out])
+            s = np.array([r["intensity"] for r in out])
+            assert spearmanr(u, theta).statistic >= 0.9
+            assert spearmanr(s, theta).statistic >= 0.9
+            assert np.all((s >= -10) & (s <= 10))
+            # intensities land on the references' scale (3·u): slope near 3
+            assert 2.0 < np.polyfit(theta, s, 1)[0] < 4.0
+            assert np.all(np.array([r["stderr"] for r in out]) > 0.05)
+            vs = await store.pool.fetch("SELECT * FROM vidb_versions")
+            assert [(v["value"], v["version"], v["kind"], v["n_items"], v["n_new"]) for v in vs] == \
+                [(VALUE, 1, "build", 320, 320)]
+            assert vs[0]["n_comparisons"] == await store.pool.fetchval("SELECT count(*) FROM comparisons")
+            snap = await store.pool.fetchval("SELECT count(*) FROM vidb_version_items WHERE version = 1")
+            assert snap == 320
+            # the references keep their known intensities
+            ref_rows = await store.pool.fetch("SELECT intensity, source FROM vidb_items WHERE source LIKE 'reference:%'"
+                                              " ORDER BY intensity")
+            assert [r["intensity"] for r in ref_rows] == sorted(x for _, x in references())
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_build_refuses_bad_input_and_changes_nothing(pg_url):
+    async def go():
+        from workers.io.inputs import InputRow
+        from workers.jobs.kinds import vidb_build
+
+        store = await open_test_store(pg_url)
+        try:
+            rows, _ = corpus(30)
+            await build_inline(store, rows, references(), per_text=4)
+            before = await counts(store)
+            # a text already in the VIDB
+            again, _ = corpus(5, seed=9, offset=100)
+            with pytest.raises(ValueError, match=r"mem:2: field 'text': already in the VIDB of 'benevolence'"):
+                await build_inline(store, [again[0], InputRow(2, "x", rows[3].text), *again[1:]], references(),
+                                   job_id="build-2", per_text=4)
+            # a corpus repeating a text
+            dup = [again[0], InputRow(2, "y", again[0].text)]
+            with pytest.raises(ValueError, match="mem:2: field 'text': same text as line 1"):
+                await build_inline(store, dup, references(), job_id="build-3", per_text=4)
+            # too few references for the isotonic map
+            with pytest.raises(ValueError, match="isotonic calibration needs at least 10.*--scale minmax"):
+                await build_inline(store, again, references()[:4], job_id="build-4", per_text=4)
+            # empty corpus
+            with pytest.raises(ValueError, match="empty corpus"):
+                await build_inline(store, [], references(), job_id="build-5", per_text=4)
+            assert await counts(store) == before
+            assert vidb_build.KIND.name == "vidb-build"
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+# -- CLI ------------------------------------------------------------------------------------------------------
+def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, pg_url):
+    rows, theta = corpus(60)
+    write_jsonl(tmp_path / "corpus.jsonl", rows)
+    write_refs(tmp_path / "refs.csv", references())
+
+    async def snapshot():
+        store = await open_test_store(pg_url)
+        try:
+            return await counts(store)
+        finally:
+            await store.close()
+
+    empty = asyncio.run(snapshot())
+    # no references anywhere: refuse unless --scale minmax
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated"], env)
+    assert res.returncode != 0 and "has 0 reference item(s)" in res.stderr and "--scale minmax" in res.stderr
+    # unknown value
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", "kindness-to-robots",
+                   "--judge", "simulated"], env)
+    assert res.returncode != 0 and "kindness-to-robots" in res.stderr
+    # empty corpus
+    (tmp_path / "empty.jsonl").write_text("")
+    res = run_cli(["vidb", "build", str(tmp_path / "empty.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(tmp_path / "refs.csv")], env)
+    assert res.returncode != 0 and "empty corpus" in res.stderr
+    # malformed reference file: a rating out of range, named by file, line and field
+    bad = tmp_path / "bad_refs.csv"
+    bad.write_text("text,final_rating\nfine text,2\nanother text,17\n")
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(bad)], env)
+    assert res.returncode != 0 and f"{bad}:3: field 'final_rating'" in res.stderr
+    (tmp_path / "nohead.csv").write_text("words,score\na,1\n")
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(tmp_path / "nohead.csv")], env)
+    assert res.returncode != 0 and "header must have 'text' and 'final_rating'" in res.stderr
+    assert asyncio.run(snapshot()) == empty  # nothing stored by any refusal
+
+    workers.start()
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
+                   "--comparisons-per-text", "8", "--reference", str(tmp_path / "refs.csv"), "--chunk-size", "50",
+                   "--wait", "--no-local-worker", "-o", str(tmp_path / "built.jsonl")], env, timeout=300, check=True)
+    assert "version 1, 80 items (80 new)" in res.stderr
+    built = [json.loads(x) for x in (tmp_path / "built.jsonl").read_text().splitlines()]
+    assert [b["id"] for b in built] == [r.ext_id for r in rows]
+    assert spearmanr([b["utility"] for b in built], theta).statistic >= 0.85
+
+    # the same text again is refused and nothing changes
+    before = asyncio.run(snapshot())
+    write_jsonl(tmp_path / "again.jsonl", rows[:3])
+    res = run_cli(["vidb", "build", str(tmp_path / "again.jsonl"), "--value", VALUE, "--judge", "simulated"], env)
+    assert res.returncode != 0 and "already in the VIDB of 'benevolence'" in res.stderr and ":1: field 'text'" in res.stderr
+    assert asyncio.run(snapshot()) == before
+
+    res = run_cli(["vidb", "versions", "--value", VALUE], env, check=True)
+    assert len(res.stdout.strip().splitlines()) == 2 and " build " in res.stdout
+    # exports: upstream CSV read back whole, and JSONL with utility, stderr, flags, source
+    run_cli(["vidb", "export", "--value", VALUE, "--version", "1", "-o", str(tmp_path / "v1.csv")], env, check=True)
+    with (tmp_path / "v1.csv").open(newline="", encoding="utf-8") as fh:
+        got = list(csv.DictReader(fh))
+    assert len(got) == 80 and set(got[0]) == {"text", "final_rating"}
+    by_text = {g["text"]: float(g["final_rating"]) for g in got}
+    assert by_text[references()[0][0]] == references()[0][1]
+    run_cli(["vidb", "export", "--value", VALUE, "-o", str(tmp_path / "cur.jsonl")], env, check=True)
+    cur = [json.loads(x) for x in (tmp_path / "cur.jsonl").read_text().splitlines()]
+    assert len(cur) == 80 and {"utility", "stderr", "flags", "source", "version"} <= set(cur[0])
+    assert {c["source"].split(":")[0] for c in cur} == {"fit", "reference"}
+    res = run_cli(["vidb", "export", "--value", VALUE, "--version", "7", "-o", str(tmp_path / "v7.csv")], env)
+    assert res.returncode != 0 and "has no VIDB version 7" in res.stderr
+    res = run_cli(["vidb", "diff", "--value", VALUE, "1", "1"], env, check=True)
+    assert "0 added, 0 removed, 0 changed" in res.stdout
