@@ -61,6 +61,14 @@ def _int(var: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+DEFAULT_MAX_TEXT_CHARS = 100_000  # about 25k tokens: far above any answer we score, far below a runaway field
+
+
+def max_text_chars() -> int:
+    """``VALUEFLOW_MAX_TEXT_CHARS``: the longest input text accepted, in characters (default 100,000)."""
+    return _int("VALUEFLOW_MAX_TEXT_CHARS", DEFAULT_MAX_TEXT_CHARS)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None
@@ -70,6 +78,7 @@ class Settings:
     chunk_size: int  # windows per judge task
     max_redeliveries: int  # a chunk started more often than this is failed, not retried forever
     visibility_timeout: int  # seconds; longer than the longest task
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # longest input text accepted
 
     @property
     def embedded(self) -> bool:
@@ -100,4 +109,5 @@ def load_settings() -> Settings:
         chunk_size=_int("VALUEFLOW_CHUNK_SIZE", 256),
         max_redeliveries=_int("VALUEFLOW_MAX_REDELIVERIES", 5),
         visibility_timeout=_int("VALUEFLOW_VISIBILITY_TIMEOUT", 4 * 3600, minimum=60),
+        max_text_chars=max_text_chars(),
     )
