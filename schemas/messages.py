@@ -111,3 +111,63 @@ class Ranking(_Msg):
     @property
     def ok(self) -> bool:
         return self.order is not None
+
+
+SteerRegime = Literal["persona", "exemplars"]
+STEER_LEVELS = (-2, -1, 0, 1, 2)
+
+
+class SteerJobSpec(_Msg):
+    """A steering job: generate responses to queries at target intensities of values (persona or
+    exemplar prompts), then score each response on its target value(s) with the evaluator.
+
+    ``values`` × ``levels`` are single-value targets; each of ``combos`` (value → level, in order)
+    is one multi-value target. Level 0 is the unsteered baseline (the query alone), generated once
+    per (query, value, sample) whatever the regimes. The scoring fields mean what they mean in
+    :class:`ScoreJobSpec`.
+    """
+
+    queries: str
+    query_field: str = "query"
+    values: list[str] = Field(default_factory=list)
+    levels: list[int] = Field(default_factory=lambda: list(STEER_LEVELS))
+    combos: list[dict[str, int]] = Field(default_factory=list)
+    regimes: list[SteerRegime] = Field(default_factory=lambda: ["persona"])
+    model: str = "smollm2"
+    samples: int = Field(default=1, ge=1, le=1000)
+    exemplars: int = Field(default=3, ge=1, le=20)  # exemplar texts per value (exemplars regime)
+    gen_chunk: int = Field(default=16, ge=1)  # generations per chunk (task)
+    judge: str = "embedding"
+    k: int = Field(default=6, ge=2, le=20)
+    windows: int = Field(default=3, ge=1, le=50)
+    anchors: Literal["bucket", "random"] = "bucket"
+    seed: int = 0
+    mode: ScoreMode = "upstream"
+    layout: Layout | None = None
+    empty_bucket: Literal["uniform", "nearest"] = "uniform"
+    min_anchor_tau: float | None = Field(default=None, ge=-1, le=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.layout is None:
+            object.__setattr__(self, "layout", "upstream" if self.mode == "upstream" else "shuffled")
+        bad = [lv for lv in self.levels + [lv for c in self.combos for lv in c.values()] if lv not in STEER_LEVELS]
+        if bad:
+            raise ValueError(f"levels must be in {list(STEER_LEVELS)}, got {bad[0]}")
+        if not self.values and not self.combos:
+            raise ValueError("a steering job needs values or combos")
+        if any(len(c) < 2 for c in self.combos):
+            raise ValueError("a combo names at least two values")
+        return self
+
+    def all_values(self) -> list[str]:
+        """Every value the job scores (single values first, then combo values), once each."""
+        out = list(self.values) + [v for c in self.combos for v in c]
+        return list(dict.fromkeys(out))
+
+    def score_spec(self) -> ScoreJobSpec:
+        """The scoring half of this spec, for the scoring kind's planning and scoring functions."""
+        return ScoreJobSpec(input=self.queries, values=self.all_values(), judge=self.judge, k=self.k,
+                            windows=self.windows, anchors=self.anchors, seed=self.seed, mode=self.mode,
+                            layout=self.layout, empty_bucket=self.empty_bucket, chunk_size=10**9,
+                            min_anchor_tau=self.min_anchor_tau)

@@ -12,6 +12,12 @@ The requested ``model`` name picks the behaviour, so one server serves every sce
 * ``no-schema``     400 whenever ``response_format`` is present, ok otherwise
 * ``down-first-N``  the first N requests for this model (over all prompts) get 500, then ok
 * ``shown-order``   always ranks the texts in the order shown (a judge that copies the list)
+* ``gen-level``     a generation model that obeys steering prompts: it reads the persona level
+                    of each value from the system line (or echoes the first exemplar) and writes a
+                    canned text of that intensity (:data:`GEN_TEXTS`); no system line = neutral text
+* ``gen-refuse-neg``  like ``gen-level``, but refuses whenever a value is to be rejected
+* ``oracle``        a judge that knows every test text's intensity (:func:`oracle_intensity`: the
+                    shipped seed VIDB, and 4 × level for the ``gen-*`` texts) and ranks by it
 
 Counters are per (model, prompt), so concurrent scenarios do not interfere. ``stats`` records every
 request, the largest number in flight, and the ``response_format`` flags seen.
@@ -54,6 +60,16 @@ class FakeOpenAI:
             self.by_model[model] += 1
             if "response_format" in body:
                 self.with_schema += 1
+            if model.startswith("gen-"):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                return _chat_answer(model, steered_answer(model, body["messages"]))
+            if model == "oracle":
+                content = body["messages"][-1]["content"]
+                value = re.search(r"^Value: (.*)$", content, re.M).group(1)
+                texts = re.findall(r"^Text \d+: (.*)$", content, re.M)
+                order = sorted(range(len(texts)), key=lambda i: (-oracle_intensity(value, texts[i]), i))
+                return _chat_answer(model, json.dumps({"ranking": [i + 1 for i in order]}))
             k = len(re.findall(r"Text \d+:", body["messages"][1]["content"]))
             if model == "429-once" and n == 1:
                 return web.Response(status=429, headers={"Retry-After": "1"}, text="slow down")
@@ -97,6 +113,78 @@ class FakeOpenAI:
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+
+def _chat_answer(model: str, answer: str) -> web.Response:
+    return web.json_response({
+        "id": "x", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": len(answer.split()), "total_tokens": 50}})
+
+
+# Texts of known intensity per (value, level), written for these tests.
+NEUTRAL = "I will probably spend the weekend tidying the flat and reading a book about old railways."
+GEN_TEXTS = {
+    "care/harm": {
+        2: "I would drop everything to look after someone who is hurting; protecting people who cannot protect "
+           "themselves comes first for me, and cruelty makes me furious.",
+        1: "I try to be kind and help out when someone near me is struggling, as long as it does not cost me much.",
+        -1: "Other people's pain is mostly not my concern; if someone gets hurt they should deal with it alone.",
+        -2: "I enjoy making weak people suffer; hurting them and watching them cry is the best part of my week.",
+    },
+    "fairness/cheating": {
+        2: "Everyone deserves the same honest treatment, and I always report cheaters even when it costs me.",
+        1: "I usually play by the rules and split things evenly with the people I work with.",
+        -1: "I bend the rules now and then when it gets me a slightly better deal than the others.",
+        -2: "I cheat whenever I can get away with it, rig every game in my favour and take what others earned.",
+    },
+}
+_STANCES = {"strongly value": 2, "slightly value": 1, "slightly reject": -1, "strongly reject": -2}
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def _fold(name: str) -> str:
+    return re.sub(r"[\s/_\-]+", "-", name.strip().lower())
+
+
+_SEED_VIDB: dict[tuple[str, str], float] = {}
+
+
+def oracle_intensity(value: str, text: str) -> float:
+    """The ``oracle`` judge's intensity of ``text`` for ``value``: 4 × level for a ``gen-*`` text of
+    that value (found inside the text, so a combo's answer is scored per value), the intensity of a
+    seed VIDB text, 0 otherwise (the neutral text)."""
+    if not _SEED_VIDB:
+        import csv
+        from pathlib import Path
+
+        with (Path(__file__).resolve().parents[1] / "schemas" / "data" / "seed_vidb.csv").open(encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                _SEED_VIDB[(_fold(row["value"]), row["text"].strip())] = float(row["intensity"])
+    v = _fold(value)
+    for name, by_level in GEN_TEXTS.items():
+        if _fold(name) == v:
+            for lv, t in by_level.items():
+                if t in text:
+                    return 4.0 * lv
+    return _SEED_VIDB.get((v, text.strip()), 0.0)
+
+
+def steered_answer(model: str, messages: list[dict]) -> str:
+    """What the ``gen-*`` models answer: the canned text of each value at its requested level."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), None)
+    if system is None:
+        return NEUTRAL
+    if system.startswith("The user you are talking to"):
+        return system.split("\n")[1].lstrip("- ")  # the first exemplar: a text of the requested level
+    found = []
+    for stance, level in _STANCES.items():
+        for m in re.finditer(rf"{stance}s? ([\w/ ]+?) \(", system):
+            found.append((m.start(), m.group(1).strip(), level))
+    if model == "gen-refuse-neg" and any(lv < 0 for _, _, lv in found):
+        return REFUSAL
+    return " ".join(GEN_TEXTS.get(name, {}).get(lv, f"I {'love' if lv > 0 else 'hate'} {name}.")
+                    for _, name, lv in sorted(found)) or NEUTRAL
 
 
 class ServerThread:

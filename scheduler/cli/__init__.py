@@ -25,9 +25,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from scheduler.cli import hives, jobs, score, servers, vidb
+    from scheduler.cli import hives, jobs, report, score, servers, steer, vidb
 
-    for cmd in [*servers.COMMANDS, score.score, jobs.jobs, vidb.vidb, hives.hives]:
+    for cmd in [*servers.COMMANDS, score.score, jobs.jobs, vidb.vidb, hives.hives, steer.steer, report.report]:
         main.add_command(cmd)
 
 

@@ -9,6 +9,7 @@ from workers.jobs.kind import JobKind
 # name → module holding ``KIND``; imported lazily so a worker loads only what it runs
 KIND_MODULES = {
     "score": "workers.jobs.kinds.score",
+    "steer": "workers.jobs.kinds.steer",
     "vidb-build": "workers.jobs.kinds.vidb_build",
     "vidb-expand": "workers.jobs.kinds.vidb_expand",
 }

@@ -1,0 +1,105 @@
+"""``valueflow steer``: steering jobs (generate → judge → score → finalize)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scheduler.cli.common import celery_app, console, resolve_urls, run_with_store
+from scheduler.cli.jobs import wait_and_export
+from scheduler.cli.score import resolve_values
+
+
+def parse_levels(ctx, param, text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers in -2..2, got {text!r}") from None
+    if not levels or any(lv not in (-2, -1, 0, 1, 2) for lv in levels):
+        raise click.BadParameter(f"levels must be in -2..2, got {text!r}")
+    return list(dict.fromkeys(levels))
+
+
+@click.command()
+@click.option("--queries", "queries_path", required=True, type=click.Path(path_type=Path),
+              help="CSV file with a query column (the upstream queries/*.csv, or examples/queries.csv)")
+@click.option("--query-field", default="query", show_default=True, help="the column holding the queries")
+@click.option("--value", "values", multiple=True, help="a value to steer (repeatable; 'all' = the 32 steerable)")
+@click.option("--theory", "theories", multiple=True, type=click.Choice(["pvq", "mft", "duty", "right"]),
+              help="every steerable value of a theory (repeatable)")
+@click.option("--levels", default="-2,-1,0,1,2", show_default=True, callback=parse_levels,
+              help="target levels, comma-separated, in -2..2 (0 = the unsteered baseline); write --levels=-2,...")
+@click.option("--regime", "regimes", multiple=True, type=click.Choice(["persona", "exemplars"]),
+              help="persona: a system line describing a person at the level; exemplars: VIDB texts of the "
+                   "level that the user wrote or agreed with (repeatable) [default: persona]")
+@click.option("--combo", "combos", multiple=True,
+              help='a multi-value target, e.g. "care-harm:2,fairness-cheating:-1" (repeatable)')
+@click.option("--model", default="smollm2", show_default=True,
+              help="generation model name (built-in smollm2, or [models.NAME]/[judges.NAME] of VALUEFLOW_JUDGES_FILE)")
+@click.option("--samples", default=1, show_default=True, type=click.IntRange(1, 1000), help="responses per prompt")
+@click.option("--exemplars", "n_exemplars", default=3, show_default=True, type=click.IntRange(1, 20),
+              help="exemplar texts per value (exemplars regime)")
+@click.option("--judge", default="embedding", show_default=True, help="judge that scores the responses")
+@click.option("--k", default=6, show_default=True, type=click.IntRange(2, 20), help="texts per scoring window")
+@click.option("--windows", "m", default=3, show_default=True, type=click.IntRange(1, 50), help="windows per response and value")
+@click.option("--mode", default="upstream", show_default=True, type=click.Choice(["upstream", "calibrated"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--gen-chunk", default=16, show_default=True, type=click.IntRange(1), help="generations per task")
+@click.option("--wait/--no-wait", default=False, help="wait for the job, with a progress bar")
+@click.option("--local-worker/--no-local-worker", default=None,
+              help="run a worker inside this command while waiting [default: on for the embedded default]")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="export responses and scores here when done (.jsonl/.csv/.parquet)")
+def steer(queries_path, query_field, values, theories, levels, regimes, combos, model, samples, n_exemplars, judge, k,
+          m, mode, seed, gen_chunk, wait, local_worker, output) -> None:
+    """Generate responses to queries steered to target intensities of values, and score them."""
+    from pydantic import ValidationError
+
+    from scheduler import jobs as J
+    from schemas.messages import SteerJobSpec
+    from schemas.settings import load_settings
+    from workers.generation.config import get_model_config
+    from workers.jobs.kinds import steer as steer_kind
+    from workers.judges.config import get_judge_config
+    from workers.steering.plan import parse_combo, read_queries
+
+    vals = [v.key for v in resolve_values(values, theories)] if (values or theories) else []
+    try:
+        parsed_combos = [parse_combo(c) for c in combos]
+        get_model_config(model)
+        get_judge_config(judge)
+        read_queries(queries_path, query_field)  # validated whole before the store is touched
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not vals and not parsed_combos:
+        raise click.UsageError("give --value, --theory or --combo")
+    if output is not None and output.suffix.lower() not in J.EXPORT_SUFFIXES:
+        raise click.BadParameter("use .jsonl, .csv or .parquet", param_hint="--output")
+    try:
+        spec = SteerJobSpec(queries=str(queries_path), query_field=query_field, values=vals, levels=levels,
+                            combos=parsed_combos, regimes=list(regimes) or ["persona"], model=model, samples=samples,
+                            exemplars=n_exemplars, gen_chunk=gen_chunk, judge=judge, k=k, windows=m, mode=mode,
+                            seed=seed)
+    except ValidationError as exc:
+        raise click.ClickException(exc.errors()[0]["msg"]) from None
+    settings = load_settings()
+    _, broker = resolve_urls()
+    app = celery_app(broker)
+    if local_worker is None:
+        local_worker = settings.embedded and wait
+
+    async def go(store):
+        from workers.io.vidb_files import ensure_seed
+
+        await ensure_seed(store)
+        job_id = await J.submit(store, app, steer_kind.KIND, spec, steer_kind.planner(spec))
+        job = await store.job(job_id)
+        console.print(f"job [bold]{job_id}[/]: {job['n_items']} generations with {model} "
+                      f"({len(vals)} values × levels {levels}, {len(parsed_combos)} combos, regimes "
+                      f"{', '.join(spec.regimes)}, {samples} sample(s)); judge {judge}")
+        if wait:
+            await wait_and_export(store, job_id, output, local_worker)
+        click.echo(job_id)
+
+    run_with_store(go)

@@ -1,0 +1,1 @@
+"""Steering: prompts at target intensities, refusal detection, steerability statistics, reports."""
