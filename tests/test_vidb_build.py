@@ -213,7 +213,7 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
     res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
                    "--comparisons-per-text", "8", "--reference", str(tmp_path / "refs.csv"), "--chunk-size", "50",
                    "--wait", "--no-local-worker", "-o", str(tmp_path / "built.jsonl")], env, timeout=300, check=True)
-    assert "version 1, 80 items (80 new)" in res.stderr
+    assert "version 1, 80 items (80 new)" in " ".join(res.stderr.split())
     built = [json.loads(x) for x in (tmp_path / "built.jsonl").read_text().splitlines()]
     assert [b["id"] for b in built] == [r.ext_id for r in rows]
     assert spearmanr([b["utility"] for b in built], theta).statistic >= 0.85

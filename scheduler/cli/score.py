@@ -99,10 +99,14 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
     async def go(store):
         from workers.io.vidb_files import ensure_seed
 
+        from workers.vidb.versions import latest_versions
+
         await ensure_seed(store)
+        # record the VIDB version of every value planned against (0: never fitted, the current items)
+        job_spec = spec.model_copy(update={"vidb_versions": await latest_versions(store.pool, spec.values)})
         try:
-            job_id = await J.submit(store, app, score_kind.KIND, spec,
-                                    score_kind.planner(spec, itertools.chain([first], batches)))
+            job_id = await J.submit(store, app, score_kind.KIND, job_spec,
+                                    score_kind.planner(job_spec, itertools.chain([first], batches)))
         except InputError as exc:
             raise click.ClickException(str(exc)) from None
         job = await store.job(job_id)

@@ -286,7 +286,7 @@ def vidb_export(value, version, output) -> None:
 @click.option("--panel", required=True, help="comma-separated judge names")
 @click.option("--min-weird", default=2, show_default=True, type=click.IntRange(1),
               help="'implausible' votes that flag an item")
-@click.option("--margin", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--margin", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="ranking judges: neighbours this far below and above the item's intensity")
 def vidb_audit(value, panel, min_weird, margin) -> None:
     """Ask a judge panel whether each item's intensity is plausible; flag the doubtful ones."""

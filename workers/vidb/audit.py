@@ -130,7 +130,7 @@ async def api_votes(config, value: Value, items: list) -> list[Vote]:
     return out
 
 
-async def audit_value(store, value: str, panel: list[str], min_weird: int, margin: float = 2.0) -> dict:
+async def audit_value(store, value: str, panel: list[str], min_weird: int, margin: float = 3.0) -> dict:
     """Ask every judge of ``panel`` about every item of the value; flag and return a summary."""
     from workers.judges.config import get_judge_config
     from workers.judges.registry import make_judge

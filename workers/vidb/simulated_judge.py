@@ -5,7 +5,7 @@ by :math:`\beta u_i + G_i` with Gumbel noise :math:`G_i`, which is exactly a Pla
 utilities :math:`\beta u`; β is the judge's sharpness. The noise is seeded by the judge's seed and
 the window's texts, so the same window always gets the same answer (reruns, redeliveries and a
 second database agree), and any worker process builds the same judge from its name:
-``simulated`` or ``simulated:beta=2,seed=7``.
+``simulated`` or ``simulated:beta=2:seed=7`` (colons, so a comma-separated panel can name several).
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ def true_utility(text: str) -> float:
 
 
 def parse_name(name: str) -> tuple[float, int]:
-    """``simulated[:beta=B,seed=S]`` → (β, seed)."""
+    """``simulated[:beta=B][:seed=S]`` → (β, seed)."""
     if not is_simulated(name):
         raise ValueError(f"not a simulated judge name: {name!r}")
     beta, seed = 1.0, 0
     rest = name[len(PREFIX) + 1:] if ":" in name else ""
-    for part in filter(None, rest.split(",")):
+    for part in filter(None, rest.split(":")):
         key, _, val = part.partition("=")
         try:
             if key == "beta":
@@ -56,7 +56,7 @@ def parse_name(name: str) -> tuple[float, int]:
             else:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"judge {name!r}: expected simulated:beta=<float>,seed=<int>, got {part!r}") from None
+            raise ValueError(f"judge {name!r}: expected simulated:beta=<float>:seed=<int>, got {part!r}") from None
     return beta, seed
 
 

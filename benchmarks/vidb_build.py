@@ -1,0 +1,289 @@
+"""VIDB build and expansion with a simulated judge: recovery, adaptive vs uniform, warm refit, queue rate.
+
+Run: ``python benchmarks/vidb_build.py [--quick] [--skip-queue] [--sharpness 1.0]``.
+
+The judge is simulated (:mod:`workers.vidb.simulated_judge`): latent utilities ~ N(0, 1.5²), answers
+drawn from Plackett–Luce with utilities β·u (β = ``--sharpness``). Figures:
+
+* build recovery: 2,000 texts, Spearman of the MAP fit with the truth vs comparisons per text,
+  for the uniform (balanced) design and an adaptive one (after two balanced rounds, each round
+  pairs texts that are neighbours in the current fit);
+* expansion: +200 texts into a 10,000-item value whose utilities are known; the adaptive noisy
+  binary search (:mod:`workers.vidb.search`) vs uniformly drawn opponents, both scored by the
+  same grid posterior; the comparisons each needs to reach one RMSE, and the adaptive windows per
+  text to reach it at n = 1,000 and n = 10,000;
+* warm refit: after the expansion's comparisons, the value's refit from the previous utilities vs
+  from zero (10,000 items);
+* through the queue: a build job of ``--queue-comparisons`` pairwise windows run by 2 worker
+  processes on real PostgreSQL and Redis vs the same windows judged and fitted in this process.
+
+The last line printed is one JSON object with the figures, the targets and whether each is met.
+Servers for the queue part: ``VALUEFLOW_DATABASE_URL`` / ``VALUEFLOW_BROKER_URL`` (a scratch
+database is created next to the configured one), otherwise the embedded default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workers.stats import plackett_luce as pl  # noqa: E402
+from workers.vidb import search as S  # noqa: E402
+from workers.vidb.design import balanced_design  # noqa: E402
+
+PRIOR = 0.1
+
+
+def answer_pairs(rng, theta, pairs, beta):
+    """Winner first: P(a beats b) = σ(β(θa − θb))."""
+    a, b = pairs[:, 0], pairs[:, 1]
+    win = rng.random(len(a)) < 1 / (1 + np.exp(-beta * (theta[a] - theta[b])))
+    return np.stack([np.where(win, a, b), np.where(win, b, a)], 1)
+
+
+# -- build recovery ----------------------------------------------------------------------------------------
+def build_curve(n, per_text_list, beta, seed=0):
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(0, 1.5, n)
+    out = {"uniform": {}, "adaptive": {}}
+    for c in per_text_list:
+        ws = np.array(balanced_design(n, 2, c, np.random.default_rng(seed + c)))
+        fit = pl.fit(n, answer_pairs(rng, theta, ws, beta), prior=PRIOR)
+        out["uniform"][c] = round(float(spearmanr(fit.utilities, theta).statistic), 4)
+        # adaptive: two balanced rounds, then each round pairs neighbours of the current fit
+        obs = [answer_pairs(rng, theta, np.array(balanced_design(n, 2, min(2, c), np.random.default_rng(seed))), beta)]
+        u = pl.fit(n, np.concatenate(obs), prior=PRIOR).utilities
+        for r in range(2, c):
+            order = np.argsort(u + rng.normal(0, 0.05, n))
+            shift = r % 2
+            idx = order[shift: shift + 2 * ((n - shift) // 2)].reshape(-1, 2)
+            obs.append(answer_pairs(rng, theta, idx, beta))
+            u = pl.fit(n, np.concatenate(obs), prior=PRIOR, init=u).utilities
+        out["adaptive"][c] = round(float(spearmanr(u, theta).statistic), 4)
+    return out
+
+
+# -- expansion ----------------------------------------------------------------------------------------------
+def expand_sim(pool_u, new_theta, rounds, beta, adaptive, seed=0):
+    """Posterior-mean estimates of the new texts after each round (rows: round, cols: text)."""
+    rng = np.random.default_rng(seed)
+    grid = S.make_grid(pool_u)
+    prior = S.log_prior(grid, pool_u)
+    est = np.zeros((rounds, len(new_theta)))
+    opp_log = []
+    for i, t in enumerate(new_theta):
+        logp, used = prior.copy(), set()
+        for r in range(rounds):
+            if adaptive:
+                j = S.choose_opponents(grid, logp, pool_u, used, 2)[0]
+            else:
+                j = int(rng.integers(len(pool_u)))
+            used.add(j)
+            won = rng.random() < 1 / (1 + np.exp(-beta * (t - pool_u[j])))
+            logp = logp + S.window_loglik(grid, 0 if won else 1, np.array([pool_u[j]]))
+            est[r, i] = S.mean_sd(grid, logp)[0]
+            opp_log.append((i, j, bool(won)))
+    return est, opp_log
+
+
+def rmse_curve(est, truth):
+    return np.sqrt(((est - truth[None, :]) ** 2).mean(axis=1))
+
+
+def first_reaching(curve, level):
+    hit = np.flatnonzero(curve <= level)
+    return int(hit[0]) + 1 if hit.size else None
+
+
+def expansion(n_pool, n_new, beta, rounds, seed=1):
+    rng = np.random.default_rng(seed)
+    pool_true = rng.normal(0, 1.5, n_pool)
+    new = rng.normal(0, 1.5, n_new)
+    pool_u = beta * pool_true  # the judge's scale: the fitted utilities of a well-measured VIDB
+    ad, opps = expand_sim(pool_u, beta * new, rounds, 1.0, True, seed)
+    un, _ = expand_sim(pool_u, beta * new, 4 * rounds, 1.0, False, seed)
+    return pool_u, beta * new, rmse_curve(ad, beta * new), rmse_curve(un, beta * new), opps
+
+
+# -- warm refit ----------------------------------------------------------------------------------------------
+def warm_refit(n=10_000, per_item=20, n_new=200, rounds=16, seed=2):
+    """Seconds of the refit after an expansion, cold (from zero) and warm (from the previous fit,
+    new texts at their search estimates); the answers come from one set of true utilities."""
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(0, 1.5, n + n_new)
+    base = answer_pairs(rng, theta, np.array(balanced_design(n, 2, per_item, rng)), 1.0)
+    old = pl.fit(n + n_new, base, prior=PRIOR, tol=1e-8).utilities
+    est, opps = expand_sim(theta[:n], theta[n:], rounds, 1.0, True, seed)  # the adaptive placements
+    extra = np.array([[n + i, j] if won else [j, n + i] for i, j, won in opps])
+    data = np.concatenate([base, extra])
+    t0 = time.perf_counter()
+    cold = pl.fit(n + n_new, data, prior=PRIOR, tol=1e-8)
+    t_cold = time.perf_counter() - t0
+    init = old.copy()
+    init[n:] = est[-1]  # new texts start at their search estimates
+    t0 = time.perf_counter()
+    warm = pl.fit(n + n_new, data, prior=PRIOR, init=init, tol=1e-8)
+    t_warm = time.perf_counter() - t0
+    assert np.abs(warm.utilities - cold.utilities).max() < 1e-3
+    return t_cold, t_warm, cold.n_iter, warm.n_iter
+
+
+# -- through the queue ---------------------------------------------------------------------------------------
+async def scratch_urls():
+    db, broker = os.environ.get("VALUEFLOW_DATABASE_URL"), os.environ.get("VALUEFLOW_BROKER_URL")
+    if not db:
+        from workers.infra.urls import resolve_urls
+
+        db, broker = resolve_urls()
+    import asyncpg
+    import uuid
+
+    name = f"vf_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(db)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    return db.rsplit("/", 1)[0] + f"/{name}", broker, db, name
+
+
+def inprocess_rate(n_texts, per_text, refs, beta):
+    """Windows judged by the simulated judge and fitted, in this process: comparisons per second."""
+    from workers.vidb.simulated_judge import SimulatedJudge, tag
+
+    rng = np.random.default_rng(0)
+    theta = rng.normal(0, 1.5, n_texts + len(refs))
+    texts = [tag(f"text {i}", t) for i, t in enumerate(theta)]
+    t0 = time.perf_counter()
+    design = balanced_design(len(texts), 2, per_text, np.random.default_rng(0))
+    judge = SimulatedJudge(f"simulated:beta={beta}")
+    rows = [w[judge.order([texts[i] for i in w])] for w in design]
+    fit = pl.fit(len(texts), np.array(rows), prior=PRIOR)
+    pl.standard_errors(fit)
+    return len(rows) / (time.perf_counter() - t0), len(rows)
+
+
+async def queue_rate(n_texts, per_text, refs, beta, n_workers):
+    import asyncpg
+
+    from scheduler import jobs as J
+    from schemas.vidb import VidbBuildSpec
+    from workers.io.inputs import InputRow
+    from workers.jobs.kinds import vidb_build
+    from workers.store import open_store
+    from workers.tasks.app import app_for
+    from workers.vidb.simulated_judge import tag
+
+    url, broker, admin, name = await scratch_urls()
+    env = dict(os.environ, VALUEFLOW_DATABASE_URL=url, VALUEFLOW_BROKER_URL=broker, VALUEFLOW_TORCH_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-Q", "default,refit", "-c", "1",
+                               "--loglevel", "WARNING"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(n_workers)]
+    store = await open_store(url)
+    try:
+        rng = np.random.default_rng(0)
+        theta = rng.normal(0, 1.5, n_texts)
+        rows = [InputRow(i + 1, f"t{i}", tag(f"text {i}", t)) for i, t in enumerate(theta)]
+        spec = VidbBuildSpec(input="bench", value="benevolence", judge=f"simulated:beta={beta}", per_text=per_text,
+                             reference="bench-refs", chunk_size=1000)
+        await asyncio.sleep(5)  # workers up
+        t0 = time.perf_counter()
+        job = await J.submit(store, app_for(broker), vidb_build.KIND, spec, vidb_build.planner(spec, rows, refs))
+        state = await J.wait(store, job, show=False, poll_s=0.5)
+        wall = time.perf_counter() - t0
+        n = await store.pool.fetchval("SELECT count(*) FROM comparisons WHERE job_id = $1", job)
+        rho = await store.pool.fetch("SELECT i.item_no, v.utility FROM job_items i JOIN vidb_items v ON v.text_id = i.text_id"
+                                     " WHERE i.job_id = $1 ORDER BY i.item_no", job)
+        sp = float(spearmanr([r["utility"] for r in rho], theta).statistic) if rho else None
+        return state, n / wall, int(n), wall, sp
+    finally:
+        await store.close()
+        for p in procs:
+            try:
+                os.killpg(p.pid, 15)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            p.wait(30)
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller queue run, fewer curve points")
+    ap.add_argument("--skip-queue", action="store_true")
+    ap.add_argument("--sharpness", type=float, default=1.0)
+    ap.add_argument("--queue-comparisons", type=int, default=100_000)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    beta = args.sharpness
+    out: dict = {"sharpness": beta}
+
+    per = [2, 4, 8, 16] if args.quick else [2, 4, 8, 16, 32]
+    curve = build_curve(2000, per, beta)
+    out["build_spearman"] = curve
+    print("build recovery (2,000 texts): comparisons per text → Spearman")
+    for c in per:
+        print(f"  {c:3d}: uniform {curve['uniform'][c]:.3f}  adaptive {curve['adaptive'][c]:.3f}")
+
+    _, _, ad, un, _ = expansion(10_000, 200, beta, 24)
+    ra = 16
+    level = float(ad[ra - 1])
+    need_u = first_reaching(un, level)
+    ratio = ra / need_u if need_u else 0.0
+    out["expansion"] = {"adaptive_windows": ra, "rmse": round(level, 4), "uniform_windows_to_match": need_u,
+                        "ratio": round(ratio, 3) if need_u else None,
+                        "uniform_rmse_at_4x": round(float(un[-1]), 4)}
+    print(f"expansion +200 into 10,000: adaptive {ra} windows → RMSE {level:.3f}; uniform needs "
+          f"{need_u if need_u else '> ' + str(len(un))} windows (ratio {ratio:.2f})")
+    per_n = {}
+    for n_pool in (1_000, 10_000):
+        _, _, ad_n, _, _ = expansion(n_pool, 200, beta, 40, seed=3)
+        per_n[n_pool] = first_reaching(ad_n, 0.5)
+    out["expansion"]["windows_to_rmse_0.5"] = per_n
+    print(f"adaptive windows per text to RMSE 0.5: n=1,000 → {per_n[1000]}, n=10,000 → {per_n[10000]}")
+
+    t_cold, t_warm, it_c, it_w = warm_refit()
+    out["refit"] = {"cold_s": round(t_cold, 3), "warm_s": round(t_warm, 3), "ratio": round(t_warm / t_cold, 3),
+                    "cold_iter": it_c, "warm_iter": it_w}
+    print(f"refit of 10,200 items: cold {t_cold:.3f} s ({it_c} it), warm {t_warm:.3f} s ({it_w} it) = "
+          f"{t_warm / t_cold:.0%}")
+
+    targets = {
+        "build_spearman_16_uniform_ge_0.9": curve["uniform"][16] >= 0.9,
+        "expansion_adaptive_le_half_of_uniform": bool(need_u) and ratio <= 0.5,
+        "expansion_windows_log_n": (per_n[1000] is not None and per_n[10000] is not None
+                                    and per_n[10000] <= per_n[1000] * np.log(10_000) / np.log(1_000) + 1),
+        "warm_refit_le_40pct": t_warm / t_cold <= 0.4,
+    }
+    if not args.skip_queue:
+        from workers.vidb.simulated_judge import tag
+
+        per_text = 10
+        n_texts = 2 * args.queue_comparisons // per_text  # pairwise: (n + refs)·r/2 windows
+        refs = [(tag(f"reference {j}", u), float(np.clip(3 * u, -10, 10))) for j, u in enumerate(np.linspace(-3.5, 3.5, 20))]
+        a, n_in = inprocess_rate(n_texts, per_text, refs, beta)
+        state, b, n_q, wall, sp = asyncio.run(queue_rate(n_texts, per_text, refs, beta, args.workers))
+        out["queue"] = {"comparisons": n_q, "state": state, "wall_s": round(wall, 1), "queue_per_s": round(b, 1),
+                        "inprocess_per_s": round(a, 1), "ratio": round(b / a, 3), "spearman": sp}
+        print(f"through the queue ({args.workers} workers): {n_q} comparisons in {wall:.1f} s = {b:.0f}/s; "
+              f"in-process {a:.0f}/s; ratio {b / a:.0%}; state {state}")
+        targets["queue_ge_50pct_of_inprocess"] = state == "done" and b / a >= 0.5
+    out["targets_met"] = {k: bool(v) for k, v in targets.items()}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""VIDB expansion, serialised refits, kill -9 during a refit, audit → review → adjudicate."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import time
+import uuid
+
+import asyncpg
+import numpy as np
+from scipy.stats import spearmanr
+
+from tests.conftest import _admin, _db_url, open_test_store, run_cli
+from tests.test_vidb_build import VALUE, build_inline, corpus, references, write_jsonl, write_refs
+
+
+async def expand_stages(store, rows, job_id, rounds=10, **kw):
+    """Submit an expansion and run its search stage inline; returns the finalize sends."""
+    from schemas.vidb import VidbExpandSpec
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_expand
+
+    spec = VidbExpandSpec(input="mem", value=VALUE, judge="simulated", rounds=rounds, **kw)
+    todo = await lifecycle.submit(store, vidb_expand.KIND, spec, job_id, vidb_expand.planner(spec, rows))
+    finals = []
+    res = Resources()
+    while todo:
+        s = todo.pop(0)
+        if s.what == "finalize":
+            finals.append(s)
+        else:
+            from schemas.messages import StageTask
+
+            todo += (await lifecycle.run_stage(store, res, StageTask(**s.kwargs), 5)).sends
+    return finals
+
+
+def test_expansion_places_new_texts_in_log_n_windows_each(pg_url):
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_expand
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            rows, theta = corpus(260)
+            await build_inline(store, rows[:200], references(), per_text=12)
+            new = rows[200:]
+            finals = await expand_stages(store, new, "exp-1", rounds=9)
+            assert [f.what for f in finals] == ["finalize"]
+            await lifecycle.run_inline(store, Resources(), finals)
+            assert (await store.job("exp-1"))["state"] == "done"
+            per_text = await store.pool.fetch("SELECT item_no, count(*) AS n, count(DISTINCT anchor_ids[1]) AS opp"
+                                              " FROM windows WHERE job_id = 'exp-1' GROUP BY item_no")
+            assert len(per_text) == 60 and {r["n"] for r in per_text} == {9} and {r["opp"] for r in per_text} == {9}
+            out = [r async for b in vidb_expand.KIND.export_rows(store, "exp-1") for r in b]
+            assert [r["id"] for r in out] == [r.ext_id for r in new]
+            assert spearmanr([r["utility"] for r in out], theta[200:]).statistic >= 0.85
+            assert spearmanr([r["intensity"] for r in out], theta[200:]).statistic >= 0.85
+            vs = await store.pool.fetch("SELECT version, kind, n_items, n_new FROM vidb_versions ORDER BY version")
+            assert [tuple(v) for v in vs] == [(1, "build", 220, 220), (2, "expand", 280, 60)]
+            # opponents were chosen near the text's running estimate: the last rounds' opponents are
+            # close to the text's true utility (binary search), far closer than random items would be
+            last = await store.pool.fetch("SELECT w.item_no, w.anchor_intensity[1] AS u FROM windows w"
+                                          " WHERE job_id = 'exp-1' AND window_id % 9 = 8 ORDER BY item_no")
+            fitted = np.array([r["utility"] for r in out])
+            gap = np.abs(np.array([r["u"] for r in last]) - fitted)
+            pool = np.array([r["utility"] for r in await store.pool.fetch(
+                "SELECT utility FROM vidb_version_items WHERE version = 1")])
+            random_gap = np.abs(pool[None, :] - fitted[:, None]).mean()
+            assert np.median(gap) < 0.35 * random_gap
+            # a scoring job planned against version 1 gets version 1's anchors after the VIDB grew
+            from workers.jobs.kinds.score import anchor_pools
+
+            (v1,), (cur,) = await anchor_pools(store, [VALUE], 6, {VALUE: 1}), await anchor_pools(store, [VALUE], 6)
+            assert len(v1.item_ids) == 220 and len(cur.item_ids) == 280
+            assert set(v1.item_ids.tolist()) < set(cur.item_ids.tolist())
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_two_concurrent_expansions_of_one_value_both_land_in_order(pg_url):
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+
+    async def go():
+        stores = [await open_test_store(pg_url) for _ in range(2)]
+        store = stores[0]
+        try:
+            rows, _ = corpus(200)
+            await build_inline(store, rows[:140], references(), per_text=8)
+            fa = await expand_stages(store, rows[140:170], "exp-a", rounds=6)
+            fb = await expand_stages(store, rows[170:], "exp-b", rounds=6)
+            # both refits at once, on separate connections: the value lock serialises them
+            ran = await asyncio.gather(lifecycle.run_finalize(stores[0], Resources(), "exp-a"),
+                                       lifecycle.run_finalize(stores[1], Resources(), "exp-b"))
+            assert ran == [True, True]
+            assert [(await store.job(j))["state"] for j in ("exp-a", "exp-b")] == ["done", "done"]
+            vs = await store.pool.fetch("SELECT version, job_id, n_items, n_new FROM vidb_versions ORDER BY version")
+            assert [v["version"] for v in vs] == [1, 2, 3]
+            assert {vs[1]["job_id"], vs[2]["job_id"]} == {"exp-a", "exp-b"}
+            assert [v["n_items"] for v in vs] == [160, 190, 220] and [v["n_new"] for v in vs] == [160, 30, 30]
+            # nothing lost: the last version holds every text of both expansions
+            last = {r["text_id"] for r in await store.pool.fetch("SELECT text_id FROM vidb_version_items WHERE version = 3")}
+            both = {r["text_id"] for r in await store.pool.fetch(
+                "SELECT text_id FROM job_items WHERE job_id IN ('exp-a', 'exp-b')")}
+            assert both <= last and len(last) == 220
+            assert await store.pool.fetchval("SELECT count(*) FROM vidb_items") == 220
+            # the later refit counted the earlier expansion's comparisons too
+            n = {v["job_id"]: v for v in await store.pool.fetch("SELECT job_id, n_comparisons FROM vidb_versions")}
+            later = vs[2]["job_id"]
+            assert n[later]["n_comparisons"] == await store.pool.fetchval("SELECT count(*) FROM comparisons")
+        finally:
+            for s in stores:
+                await s.close()
+
+    asyncio.run(go())
+
+
+def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(env, workers, tmp_path, pg_url):
+    rows, _ = corpus(80, seed=3)
+    write_jsonl(tmp_path / "corpus.jsonl", rows)
+    write_refs(tmp_path / "refs.csv", references())
+
+    async def hold_lock():
+        conn = await asyncpg.connect(pg_url)
+        await conn.execute("SELECT pg_advisory_lock(hashtext('vidb:' || $1)::bigint)", VALUE)
+        return conn
+
+    async def q(sql, *args):
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    loop = asyncio.new_event_loop()
+    lock = loop.run_until_complete(hold_lock())  # the refit will block inside its transaction
+    try:
+        w = workers.start()
+        res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                       "--comparisons-per-text", "6", "--reference", str(tmp_path / "refs.csv"), "--chunk-size", "64"],
+                      env, check=True)
+        job_id = res.stdout.strip().splitlines()[-1]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            waiting = asyncio.run(q("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+            state = asyncio.run(q("SELECT state FROM jobs WHERE id = $1", job_id))[0]["state"]
+            if waiting[0]["n"] and state == "finalizing":
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"the refit never started:\n{workers.logs()[-3000:]}")
+        workers.kill(w)  # kill -9 in the middle of the refit transaction
+    finally:
+        loop.run_until_complete(lock.close())
+        loop.close()
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == 0
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_items"))[0]["n"] == 0
+    assert asyncio.run(q("SELECT state, finalize_runs FROM jobs WHERE id = $1", job_id))[0]["state"] == "finalizing"
+
+    workers.start()
+    run_cli(["jobs", "resume", job_id], env, check=True)
+    run_cli(["jobs", "wait", job_id, "--timeout", "120"], env, check=True)
+    job = asyncio.run(q("SELECT state, finalize_runs FROM jobs WHERE id = $1", job_id))[0]
+    assert (job["state"], job["finalize_runs"]) == ("done", 1)
+    vs = asyncio.run(q("SELECT version, job_id FROM vidb_versions"))
+    assert [(v["version"], v["job_id"]) for v in vs] == [(1, job_id)]
+    got = {r["body"]: r for r in asyncio.run(q(
+        "SELECT t.body, v.intensity, v.utility, v.stderr FROM vidb_version_items v JOIN texts t ON t.id = v.text_id"))}
+
+    # the same build undisturbed, in a database of its own
+    name = f"vf_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        async def undisturbed():
+            store = await open_test_store(_db_url(name))
+            try:
+                await build_inline(store, rows, references(), per_text=6, chunk_size=64)
+                return {r["body"]: r for r in await store.pool.fetch(
+                    "SELECT t.body, v.intensity, v.utility, v.stderr FROM vidb_version_items v"
+                    " JOIN texts t ON t.id = v.text_id")}
+            finally:
+                await store.close()
+        ref = asyncio.run(undisturbed())
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    assert got.keys() == ref.keys() and len(got) == 100
+    for col in ("intensity", "utility", "stderr"):
+        a = np.array([got[b][col] for b in sorted(got)])
+        e = np.array([ref[b][col] for b in sorted(got)])
+        assert np.allclose(a, e, rtol=0, atol=1e-9), col
+
+
+def test_audit_review_export_adjudicate_round_trip(env, tmp_path, pg_url):
+    rows, theta = corpus(120, seed=5)
+    tid = {}
+
+    async def setup():
+        store = await open_test_store(pg_url)
+        try:
+            await build_inline(store, rows, references(), per_text=12)
+            # corrupt six items: their intensities flipped far to the other side
+            bad = await store.pool.fetch(
+                "SELECT v.id, v.intensity, t.body FROM vidb_items v JOIN texts t ON t.id = v.text_id"
+                " WHERE abs(v.intensity) > 6 AND v.source LIKE 'fit:%' ORDER BY v.id LIMIT 6")
+            await store.pool.execute("UPDATE vidb_items SET intensity = -intensity WHERE id = ANY($1::bigint[])",
+                                     [b["id"] for b in bad])
+            for r in await store.pool.fetch("SELECT v.id, t.body FROM vidb_items v JOIN texts t ON t.id = v.text_id"):
+                tid[r["id"]] = r["body"]
+            return {b["id"] for b in bad}
+        finally:
+            await store.close()
+
+    corrupted = asyncio.run(setup())
+    assert len(corrupted) == 6
+
+    async def q(sql, *args):
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    res = run_cli(["vidb", "audit", "--value", VALUE, "--panel", "simulated:beta=3", "--min-weird", "2"], env)
+    assert res.returncode != 0 and "2 votes cannot come from 1 judge(s)" in res.stderr
+    res = run_cli(["vidb", "audit", "--value", VALUE, "--panel", "simulated:sharp=3"], env)
+    assert res.returncode != 0 and "simulated:beta=<float>:seed=<int>" in res.stderr
+    res = run_cli(["vidb", "audit", "--value", "no-such-value", "--panel", "simulated"], env)
+    assert res.returncode != 0 and "no-such-value" in res.stderr
+    panel = ",".join(f"simulated:beta=3:seed={s}" for s in (1, 2, 3))
+    res = run_cli(["vidb", "audit", "--value", VALUE, "--panel", panel, "--min-weird", "2", "--margin", "4"], env, check=True)
+    assert "140 items × 3 judges, 420 votes" in res.stdout
+    flagged = {r["id"] for r in asyncio.run(q("SELECT id FROM vidb_items WHERE 'implausible' = ANY(flags)"))}
+    # every corrupted item is caught; of the 134 others (fitted from 12 noisy windows each) under 30 %
+    assert corrupted <= flagged and len(flagged - corrupted) < 0.3 * 134, (len(flagged), corrupted - flagged)
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_votes"))[0]["n"] == 420
+
+    sheet = tmp_path / "review.csv"
+    res = run_cli(["vidb", "review-export", "--value", VALUE, "-o", str(sheet)], env, check=True)
+    with sheet.open(newline="", encoding="utf-8") as fh:
+        got = list(csv.DictReader(fh))
+    assert {int(g["item_id"]) for g in got} == flagged
+    assert list(got[0]) == ["item_id", "value", "text", "model_intensity", "implausible_votes", "human_rating", "rater"]
+    assert all(g["human_rating"] == "" and g["rater"] == "" and int(g["implausible_votes"]) >= 2 for g in got)
+
+    from workers.vidb.simulated_judge import true_utility
+
+    truth = {int(g["item_id"]): float(np.clip(3 * true_utility(g["text"]), -10, 10)) for g in got}
+    model = {int(g["item_id"]): float(g["model_intensity"]) for g in got}
+    for g in got:
+        g["human_rating"], g["rater"] = f"{truth[int(g['item_id'])]:.3f}", "ann"
+    extra = dict(got[0], human_rating=f"{truth[int(got[0]['item_id'])] + 1:.3f}", rater="bob")
+
+    def write(path, rows_):
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(got[0]))
+            w.writeheader()
+            w.writerows(rows_)
+
+    # a malformed sheet is refused whole, naming the line and field
+    broken = tmp_path / "broken.csv"
+    write(broken, got[:2] + [dict(got[2], human_rating="15")] + got[3:])
+    versions_before = asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"]
+    res = run_cli(["vidb", "adjudicate", str(broken)], env)
+    assert res.returncode != 0 and f"{broken}:4: field 'human_rating'" in res.stderr
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == versions_before
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_adjudications"))[0]["n"] == 0
+
+    write(sheet, got + [extra])
+    res = run_cli(["vidb", "adjudicate", str(sheet), "--weight", "0.5", "--disagree", "3"], env, check=True)
+    assert f"{len(got)} item(s), {len(got) + 1} rating(s)" in res.stdout and f"version {versions_before + 1}" in res.stdout
+    items = {r["id"]: r for r in asyncio.run(q("SELECT id, intensity, flags FROM vidb_items"))}
+    first = int(got[0]["item_id"])
+    for i in flagged:
+        human = [truth[i]] + ([truth[i] + 1] if i == first else [])
+        assert abs(items[i]["intensity"] - (0.5 * model[i] + 0.5 * np.mean(human))) < 1e-2
+        assert "implausible" not in items[i]["flags"] and "adjudicated" in items[i]["flags"]
+        assert ("disputed" in items[i]["flags"]) == (abs(np.mean(human) - model[i]) > 3)
+    assert all("disputed" in items[i]["flags"] for i in corrupted)  # people and model far apart
+    adj = asyncio.run(q("SELECT rater, count(*) AS n, min(created_at) AS at FROM vidb_adjudications GROUP BY rater"))
+    assert {r["rater"]: r["n"] for r in adj} == {"ann": len(got), "bob": 1} and all(r["at"] for r in adj)
+    v = asyncio.run(q("SELECT kind, job_id, n_items FROM vidb_versions ORDER BY version DESC LIMIT 1"))[0]
+    assert (v["kind"], v["job_id"], v["n_items"]) == ("adjudicate", None, 140)
+    res = run_cli(["vidb", "diff", "--value", VALUE, "1", str(versions_before + 1)], env, check=True)
+    assert f"0 added, 0 removed, {len(flagged)} changed" in res.stdout
+
+
+def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
+    rows, theta = corpus(100, seed=7)
+
+    async def setup():
+        store = await open_test_store(pg_url)
+        try:
+            await build_inline(store, rows[:70], references(), per_text=8)
+        finally:
+            await store.close()
+
+    asyncio.run(setup())
+    write_jsonl(tmp_path / "new.jsonl", rows[70:])
+    res = run_cli(["vidb", "expand", str(tmp_path / "new.jsonl"), "--value", "no-such-value", "--judge", "simulated"], env)
+    assert res.returncode != 0 and "no-such-value" in res.stderr
+    res = run_cli(["vidb", "expand", "--value", VALUE, "--judge", "simulated"], env)
+    assert res.returncode != 0 and "give NEW texts and/or --from-job" in res.stderr
+    res = run_cli(["vidb", "expand", str(tmp_path / "new.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--from-job", "nope"], env)
+    assert res.returncode != 0 and "--from-job nope: no scoring job" in res.stderr
+    workers.start()
+    res = run_cli(["vidb", "expand", str(tmp_path / "new.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
+                   "--rounds", "7", "--items-per-chunk", "10", "--wait", "--no-local-worker",
+                   "-o", str(tmp_path / "added.jsonl")], env, timeout=300, check=True)
+    said = " ".join(res.stderr.split())  # the console wraps long lines
+    assert "7 windows per text among 90 items" in said and "version 2, 120 items (30 new)" in said
+    added = [json.loads(x) for x in (tmp_path / "added.jsonl").read_text().splitlines()]
+    assert [a["id"] for a in added] == [r.ext_id for r in rows[70:]] and {a["version"] for a in added} == {2}
+    assert spearmanr([a["utility"] for a in added], theta[70:]).statistic >= 0.8
+    res = run_cli(["vidb", "versions"], env, check=True)
+    lines = res.stdout.strip().splitlines()[1:]
+    assert [ln.split()[1:3] for ln in lines] == [["1", "build"], ["2", "expand"]]
+    res = run_cli(["vidb", "diff", "--value", VALUE, "1", "2"], env, check=True)
+    assert "30 added, 0 removed" in res.stdout
