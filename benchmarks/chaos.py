@@ -185,9 +185,11 @@ def main(argv: list[str] | None = None) -> dict:
             if "redis" not in restarted and (frac_w >= 1 / 3 or frac_t >= 1 / 3):
                 restarted["redis"] = restart(home, "redis")
                 out["redis_restart_at_done"] = n
+                last_change = time.monotonic()  # the time down is not a stall
             elif "redis" in restarted and "postgres" not in restarted and (frac_w >= 2 / 3 or frac_t >= 2 / 3):
                 out["postgres_restart_at_done"] = n
                 restarted["postgres"] = restart(home, "postgres")
+                last_change = time.monotonic()
             if now - last_kill >= cfg["kill_every"]:
                 i = rng.randrange(len(procs))
                 os.killpg(procs[i].pid, signal.SIGKILL)
