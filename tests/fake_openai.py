@@ -18,6 +18,8 @@ The requested ``model`` name picks the behaviour, so one server serves every sce
 * ``gen-refuse-neg``  like ``gen-level``, but refuses whenever a value is to be rejected
 * ``oracle``        a judge that knows every test text's intensity (:func:`oracle_intensity`: the
                     shipped seed VIDB, and 4 × level for the ``gen-*`` texts) and ranks by it
+* ``study``         rankings as ``ok``; a direct-rating request (``{"intensity": ...}`` asked for)
+                    gets ``rating_of(text, seed)``: a fixed number per text plus ``seed % 3 - 1``
 
 Counters are per (model, prompt), so concurrent scenarios do not interfere. ``stats`` records every
 request, the largest number in flight, and the ``response_format`` flags seen.
@@ -26,12 +28,19 @@ request, the largest number in flight, and the ``response_format`` flags seen.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import threading
 from collections import Counter
 
 from aiohttp import web
+
+
+def rating_of(text: str, seed: int | None) -> int:
+    """The ``study`` model's direct rating of ``text``: in -8..8 by the text's hash, moved by the seed."""
+    base = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 17 - 8
+    return base + (0 if seed is None else int(seed) % 3 - 1)
 
 
 class FakeOpenAI:
@@ -87,6 +96,14 @@ class FakeOpenAI:
                 return web.Response(status=400, text="unsupported field: response_format")
             if self.delay:
                 await asyncio.sleep(self.delay)
+            rated = re.search(r"^Text: (.*)$", body["messages"][-1]["content"], re.M)
+            if model == "study" and rated and '"intensity"' in body["messages"][-1]["content"]:
+                answer = json.dumps({"intensity": rating_of(rated.group(1), body.get("seed"))})
+                return web.json_response({
+                    "id": "x", "object": "chat.completion", "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 40, "completion_tokens": 6, "total_tokens": 46}})
             if model == "nonperm":
                 answer = "[1, 1, 2]"
             elif model == "shown-order":
@@ -100,7 +117,7 @@ class FakeOpenAI:
         finally:
             self.in_flight -= 1
 
-    async def start(self, port: int = 0) -> str:
+    async def start(self, port: int = 0) -> str:  # noqa: D401
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.handle)
         self._runner = web.AppRunner(app, access_log=None)

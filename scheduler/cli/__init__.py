@@ -25,9 +25,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from scheduler.cli import hives, jobs, report, score, servers, steer, vidb
+    from scheduler.cli import hives, jobs, report, score, servers, steer, study, vidb
 
-    for cmd in [*servers.COMMANDS, score.score, jobs.jobs, vidb.vidb, hives.hives, steer.steer, report.report]:
+    for cmd in [*servers.COMMANDS, score.score, jobs.jobs, vidb.vidb, hives.hives, study.study, steer.steer, report.report]:
         main.add_command(cmd)
 
 

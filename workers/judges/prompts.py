@@ -7,8 +7,10 @@ opposes it (neutral texts in the middle).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+from contextlib import contextmanager
 
 from schemas.taxonomy import Value, default_taxonomy
 
@@ -57,10 +59,50 @@ def ranking_instructions(k: int) -> str:
     )
 
 
-def build_messages(value: Value, texts: list[str], one_shot: bool = False, system: str = "project") -> list[dict]:
+# Paraphrases of the ranking request (the stability study asks each window in several wordings):
+# 0 is the reference wording above; the others say the same in other words. A caller that cannot
+# pass ``paraphrase`` (a judge's ``rank_shown``) sets it for a block with :func:`ranking_paraphrase`.
+_PARAPHRASE_HEADS = (
+    None,
+    "We use {frame}. The value in question is {label}: {definition}\n"
+    "Texts that {pro} count as supporting it; texts that {con} count as opposing it.\n\n",
+    "Below are several short texts. Compare them on one value, {label}, as understood in {frame} "
+    "({definition}). Supporting the value means the text {pro}; opposing it means the text {con}.\n\n",
+)
+_PARAPHRASE_INSTRUCTIONS = (
+    None,
+    "Put all {k} texts in order, starting with the one that supports the value most and ending with "
+    "the one that opposes it most; neutral or unrelated texts belong in the middle. Reply with only the "
+    "{k} text numbers as one list, each number once, e.g. [2, 3, 1].",
+    "Order the {k} texts from strongest support (first) to strongest opposition (last), with neutral "
+    "ones between. Your whole reply must be a single list of the {k} different text numbers, such as "
+    "[2, 3, 1].",
+)
+N_RANKING_PARAPHRASES = len(_PARAPHRASE_HEADS)
+_PARAPHRASE = contextvars.ContextVar("ranking_paraphrase", default=0)
+
+
+@contextmanager
+def ranking_paraphrase(paraphrase: int):
+    """Within the block, :func:`build_messages` uses wording ``paraphrase`` unless told otherwise."""
+    if not 0 <= paraphrase < N_RANKING_PARAPHRASES:
+        raise ValueError(f"ranking paraphrase: expected 0..{N_RANKING_PARAPHRASES - 1}, got {paraphrase}")
+    token = _PARAPHRASE.set(paraphrase)
+    try:
+        yield
+    finally:
+        _PARAPHRASE.reset(token)
+
+
+def build_messages(value: Value, texts: list[str], one_shot: bool = False, system: str = "project",
+                   paraphrase: int | None = None) -> list[dict]:
     """Chat messages asking the judge to rank ``texts`` for ``value``. ``system``: ``"project"``
     (:data:`SYSTEM`), ``"generic"`` (:data:`GENERIC_SYSTEM`, the system line the published
-    evaluator's model wrappers send) or ``"none"`` (the user message alone)."""
+    evaluator's model wrappers send) or ``"none"`` (the user message alone). ``paraphrase``: the
+    wording (0 = reference; None = the one set by :func:`ranking_paraphrase`, 0 by default)."""
+    para = _PARAPHRASE.get() if paraphrase is None else paraphrase
+    if not 0 <= para < N_RANKING_PARAPHRASES:
+        raise ValueError(f"ranking paraphrase: expected 0..{N_RANKING_PARAPHRASES - 1}, got {para}")
     if system not in SYSTEM_PROMPTS:
         raise ValueError(f"system prompt: expected one of {', '.join(map(repr, SYSTEM_PROMPTS))}, got {system!r}")
     frame = THEORY_FRAMES.get(value.theory, value.theory)
@@ -80,7 +122,11 @@ def build_messages(value: Value, texts: list[str], one_shot: bool = False, syste
             f"{ex}\nAnswer: {_EXAMPLE_ANSWER}\n\nNow the real task.\n\n"
         )
     body = "\n".join(f"Text {i}: {' '.join(t.split())}" for i, t in enumerate(texts, 1))
-    user = f"{head}{shot}{body}\n\n{ranking_instructions(len(texts))}"
+    instructions = ranking_instructions(len(texts))
+    if para:
+        head = _PARAPHRASE_HEADS[para].format(frame=frame, label=_label(value), definition=definition, pro=pro, con=con)
+        instructions = _PARAPHRASE_INSTRUCTIONS[para].format(k=len(texts))
+    user = f"{head}{shot}{body}\n\n{instructions}"
     msgs = [{"role": "user", "content": user}]
     text = SYSTEM_PROMPTS[system]
     return [{"role": "system", "content": text}, *msgs] if text else msgs
