@@ -48,13 +48,15 @@ async def cancel(store: Store, job_id: str) -> None:
 async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5,
                timeout_s: float | None = None) -> str:
     """Block until the job is finished; a live bar shows windows, calls/s and ETA."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     start = time.monotonic()
     prog = await store.job_progress(job_id)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]:.1f} windows/s · failed {task.fields[failed]} · {task.fields[state]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), disable=not show, transient=False) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), disable=not show, transient=False,
+                  console=Console(stderr=True)) as bar:
         task = bar.add_task(f"job {job_id}", total=prog["total"], rate=0.0, failed=0, state="running")
         first = prog["done"] + prog["failed"]
         while True:

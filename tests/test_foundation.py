@@ -34,11 +34,12 @@ def test_migrations_apply_once_and_again_with_no_change(pg_url):
         finally:
             await conn.close()
     first, second = asyncio.run(go())
-    assert first == ["0001_init.sql"] and second == []
+    shipped = sorted(f.name for f in (ROOT / "schemas" / "migrations").glob("*.sql"))
+    assert first == shipped and first[:2] == ["0001_init.sql", "0002_lifecycle.sql"] and second == []
     tables, versions = _tables(pg_url)
     assert {"texts", "vidb_items", "jobs", "windows", "chunks", "comparisons", "judge_cache", "scores",
             "generations", "embeddings"} <= tables
-    assert versions == [1]
+    assert versions == [int(name.split("_", 1)[0]) for name in shipped]
 
 
 def test_two_concurrent_upgrades_from_two_processes(pg_url, env):
@@ -46,11 +47,14 @@ def test_two_concurrent_upgrades_from_two_processes(pg_url, env):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert _tables(pg_url)[1] == [1]
+    shipped = sorted(int(f.name.split("_", 1)[0]) for f in (ROOT / "schemas" / "migrations").glob("*.sql"))
+    assert _tables(pg_url)[1] == shipped
+    # exactly one of the two applied the migrations; the other found the schema up to date
+    assert sorted(o[0].strip().split(":")[0] for o in outs) == ["applied", "schema up to date"]
 
 
 def _comparisons(n, job="j1"):
-    return [(i, "care-harm", [1, 2, 3], [2, 0, 1], None) for i in range(n)]
+    return [(i, "care-harm", [1, 2, 3], [2, 0, 1], None, (0.1, 50, 8, 1, False)) for i in range(n)]
 
 
 def test_duplicate_comparison_is_ignored_and_100k_copy_lands_once(pg_url):

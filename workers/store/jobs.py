@@ -18,6 +18,11 @@ WINDOW_COLUMNS = ["job_id", "window_id", "chunk_no", "value", "item_no", "member
                   "anchor_ids", "anchor_intensity", "seed"]
 
 
+def _columns(rows: Sequence[tuple], n: int) -> list[list]:
+    """Rows → n column lists (for one ``UPDATE … FROM unnest(…)`` instead of one statement per row)."""
+    return [list(c) for c in zip(*rows)] if rows else [[] for _ in range(n)]
+
+
 class JobsMixin:
     pool: asyncpg.Pool
 
@@ -226,17 +231,20 @@ class JobsMixin:
                     [(job_id, v, w, list(m), judge, list(r), key) for w, v, m, r, key, _ in done],
                     conflict="(job_id, window_id, judge) DO NOTHING")
                 added = int(str(status).split()[-1])
-                await conn.executemany(
-                    "UPDATE windows SET state = 'done', failure = NULL, failure_cause = NULL, judged_at = now(),"
-                    " latency_s = $3, tokens_in = $4, tokens_out = $5, attempts = $6, cached = $7"
-                    " WHERE job_id = $1 AND window_id = $2",
-                    [(job_id, d[0], *d[5]) for d in done])
+                await conn.execute(
+                    "UPDATE windows w SET state = 'done', failure = NULL, failure_cause = NULL, judged_at = now(),"
+                    " latency_s = t.l, tokens_in = t.ti, tokens_out = t.tout, attempts = t.a, cached = t.c"
+                    " FROM unnest($2::int[], $3::real[], $4::int[], $5::int[], $6::smallint[], $7::bool[])"
+                    " AS t(id, l, ti, tout, a, c) WHERE w.job_id = $1 AND w.window_id = t.id",
+                    job_id, *_columns([(d[0], *d[5]) for d in done], 6))
             if failed:
-                await conn.executemany(
-                    "UPDATE windows SET state = 'failed', failure = $3, failure_cause = $4, judged_at = now(),"
-                    " latency_s = $5, tokens_in = $6, tokens_out = $7, attempts = $8, cached = $9"
-                    " WHERE job_id = $1 AND window_id = $2 AND state = 'pending'",
-                    [(job_id, w, reason, cause, *tel) for w, reason, cause, tel in failed])
+                await conn.execute(
+                    "UPDATE windows w SET state = 'failed', failure = t.f, failure_cause = t.fc, judged_at = now(),"
+                    " latency_s = t.l, tokens_in = t.ti, tokens_out = t.tout, attempts = t.a, cached = t.c"
+                    " FROM unnest($2::int[], $3::text[], $4::text[], $5::real[], $6::int[], $7::int[], $8::smallint[],"
+                    " $9::bool[]) AS t(id, f, fc, l, ti, tout, a, c)"
+                    " WHERE w.job_id = $1 AND w.window_id = t.id AND w.state = 'pending'",
+                    job_id, *_columns([(w, reason, cause, *tel) for w, reason, cause, tel in failed], 8))
         return added
 
     async def fail_pending_windows(self, job_id: str, chunk_no: int, reason: str, cause: str) -> int:
