@@ -146,7 +146,7 @@ def test_resume_retry_failed_completes_a_job_whose_judge_failed_first(env, worke
         assert f"{windows} failed of {windows}" in st and "transport" in st
         res = run_cli(["jobs", "resume", job, "--retry-failed"], env, check=True)
         assert "re-enqueued 3 task(s)" in res.stdout
-        assert _wait_job(pg_url, job) == "done"
+        assert run_cli(["jobs", "wait", job, "--timeout", "300"], env, check=True).stdout.strip().endswith(f"{job} done")
         w = _q(pg_url, "SELECT state, count(*) AS n FROM windows WHERE job_id=$1 GROUP BY state", job)
         assert {r["state"]: r["n"] for r in w} == {"done": windows}
         per_window = _q(pg_url, "SELECT window_id, count(*) AS n FROM comparisons WHERE job_id=$1 GROUP BY window_id", job)
@@ -263,7 +263,8 @@ def test_dry_run_prints_the_cost_and_stores_nothing(env, tmp_path, pg_url):
 
 def test_db_upgrade_reports_what_it_applied(env):
     first = run_cli(["db", "upgrade"], env, check=True).stdout
-    assert "applied: 0001_init.sql, 0002_lifecycle.sql" in first
+    shipped = sorted(f.name for f in (ROOT / "schemas" / "migrations").glob("*.sql"))
+    assert first.strip() == "applied: " + ", ".join(shipped) and len(shipped) >= 2
     assert "schema up to date" in run_cli(["db", "upgrade"], env, check=True).stdout
 
 
@@ -325,3 +326,19 @@ def test_dependencies_go_one_way_and_there_are_no_import_cycles():
         if v not in index:
             visit(v)
     assert cycles == []
+
+
+def test_layout_and_empty_bucket_flags_reach_the_plan(env, tmp_path, pg_url):
+    inp = tmp_path / "in.jsonl"
+    _write_inputs(inp, TEXTS)
+    up = _submit(env, inp, "--value", "care-harm")  # upstream mode: the published layout by default
+    rows = _q(pg_url, "SELECT target_pos, anchor_intensity FROM windows WHERE job_id=$1", up)
+    assert len(rows) == len(TEXTS) * 3
+    assert all(r["target_pos"] == 0 and list(r["anchor_intensity"]) == sorted(r["anchor_intensity"]) for r in rows)
+    sh = _submit(env, inp, "--value", "care-harm", "--layout", "shuffled", "--empty-bucket", "nearest", "--seed", "4")
+    rows = _q(pg_url, "SELECT target_pos FROM windows WHERE job_id=$1", sh)
+    assert len({r["target_pos"] for r in rows}) > 1
+    spec = json.loads(_q(pg_url, "SELECT spec::text AS s FROM jobs WHERE id=$1", sh)[0]["s"])
+    assert spec["layout"] == "shuffled" and spec["empty_bucket"] == "nearest" and spec["seed"] == 4
+    cal = _submit(env, inp, "--value", "care-harm", "--mode", "calibrated")  # calibrated: shuffled by default
+    assert len({r["target_pos"] for r in _q(pg_url, "SELECT target_pos FROM windows WHERE job_id=$1", cal)}) > 1
