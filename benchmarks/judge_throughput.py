@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scheduler.embedded import free_port  # noqa: E402
+from workers.infra.embedded import free_port  # noqa: E402
 from schemas.taxonomy import default_taxonomy  # noqa: E402
 from workers.judges.api_judge import APIJudge  # noqa: E402
 from workers.judges.config import JudgeConfig  # noqa: E402

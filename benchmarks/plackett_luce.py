@@ -28,11 +28,11 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workers import plackett_luce as pl  # noqa: E402
-from workers.anchored import score_anchored  # noqa: E402
-from workers.perf import tune_malloc  # noqa: E402
-from workers.pl_simulate import simulate_pairs as pairs  # noqa: E402
-from workers.pl_simulate import simulate_rankings as rankings  # noqa: E402
+from workers.stats import plackett_luce as pl  # noqa: E402
+from workers.stats.anchored import score_anchored  # noqa: E402
+from workers.infra.perf import tune_malloc  # noqa: E402
+from workers.stats.pl_simulate import simulate_pairs as pairs  # noqa: E402
+from workers.stats.pl_simulate import simulate_rankings as rankings  # noqa: E402
 
 PRIOR = 0.01
 
