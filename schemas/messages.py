@@ -68,6 +68,7 @@ class ScoreJobSpec(_Msg):
     chunk_size: int = Field(default=256, ge=1)
     min_anchor_tau: float | None = Field(default=None, ge=-1, le=1)
     vidb_versions: dict[str, int] = Field(default_factory=dict)  # value → VIDB version planned against
+    vidb_filter: Literal["all", "agreed"] = "all"  # agreed: no anchor flagged implausible or disputed
 
     @model_validator(mode="after")
     def _default_layout(self):

@@ -44,6 +44,8 @@ def resolve_values(values, theories):
 @click.option("--empty-bucket", type=click.Choice(["uniform", "nearest"]), default="uniform", show_default=True,
               help="an empty anchor bucket is filled by a uniform draw from the value's VIDB (published) or "
                    "from the nearest non-empty bucket")
+@click.option("--vidb-filter", type=click.Choice(["all", "agreed"]), default="all", show_default=True,
+              help="agreed: use only VIDB anchors no judge panel flagged implausible and no person disputed")
 @click.option("--min-anchor-tau", type=click.FloatRange(-1, 1), default=None,
               help="fail the job if the judge orders the VIDB anchors worse than this Kendall tau")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -55,7 +57,7 @@ def resolve_values(values, theories):
 @click.option("--local-worker/--no-local-worker", default=None,
               help="run a worker inside this command while waiting [default: on for the embedded default]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="export scores here when done (.jsonl/.csv/.parquet)")
-def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empty_bucket, min_anchor_tau, seed, id_field, text_field,
+def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empty_bucket, vidb_filter, min_anchor_tau, seed, id_field, text_field,
           chunk_size, dry_run, wait, local_worker, output) -> None:
     """Score INPUT's texts for value intensity in [-10, 10] through the queue."""
     from scheduler import jobs as J
@@ -73,7 +75,7 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
         raise click.BadParameter("use .jsonl, .csv or .parquet", param_hint="--output")
     settings = load_settings()
     spec = ScoreJobSpec(input=str(input_path), values=[v.key for v in vals], judge=judge, k=k, windows=m,
-                        anchors=anchors, seed=seed, mode=mode, layout=layout, empty_bucket=empty_bucket, min_anchor_tau=min_anchor_tau,
+                        anchors=anchors, seed=seed, mode=mode, layout=layout, empty_bucket=empty_bucket, vidb_filter=vidb_filter, min_anchor_tau=min_anchor_tau,
                         chunk_size=chunk_size or settings.chunk_size)
     batches = iter_input_batches(input_path, id_field, text_field)
     try:

@@ -52,18 +52,24 @@ def plan_block(spec: ScoreJobSpec, pools: list[AnchorPool], item_text_ids: np.nd
     return out, [chunk_offset + c for c in chunks]
 
 
+UNAGREED_FLAGS = ["implausible", "disputed"]  # set by `vidb audit` and `vidb adjudicate`
+
+
 async def anchor_pools(store: Store, values: Sequence[str], k: int,
-                       versions: dict[str, int] | None = None) -> list[AnchorPool]:
+                       versions: dict[str, int] | None = None, only_agreed: bool = False) -> list[AnchorPool]:
     """Each value's anchors: its current VIDB items, or the snapshot of the version in ``versions``
-    (a job planned against version v plans the same windows after the VIDB has grown)."""
+    (a job planned against version v plans the same windows after the VIDB has grown). With
+    ``only_agreed``, items flagged implausible by a judge panel or disputed by people are left out."""
     pools = []
     for v in values:
         version = (versions or {}).get(v, 0)
         if version > 0:
-            rows = await store.pool.fetch("SELECT item_id AS id, text_id, intensity FROM vidb_version_items"
+            rows = await store.pool.fetch("SELECT item_id AS id, text_id, intensity, flags FROM vidb_version_items"
                                           " WHERE value = $1 AND version = $2 ORDER BY item_id", v, version)
         else:
             rows = await store.vidb(v)
+        if only_agreed:
+            rows = [r for r in rows if not set(r["flags"] or ()) & set(UNAGREED_FLAGS)]
         if len(rows) < k - 1:
             raise ValueError(f"value {v!r} has {len(rows)} VIDB items; windows of k={k} need at least {k - 1} "
                              "(import more with 'valueflow vidb import')")
@@ -76,7 +82,7 @@ def planner(spec: ScoreJobSpec, batches: Iterable[list[InputRow]]):
     """The scoring planner: stream input batches into staged items, windows and chunks."""
 
     async def plan(store: Store, job_id: str) -> tuple[int, int, int]:
-        pools = await anchor_pools(store, spec.values, spec.k, spec.vidb_versions)
+        pools = await anchor_pools(store, spec.values, spec.k, spec.vidb_versions, spec.vidb_filter == "agreed")
         queue = get_judge_config(spec.judge).queue
         n_items = n_windows = n_chunks = 0
         block: list[InputRow] = []
