@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,15 +133,17 @@ def _figures(rows: list[dict]) -> dict:
     return {r["metric"]: (_num(r["rating"]), _num(r["ranking"])) for r in rows}
 
 
-def test_study_with_an_llm_judge_rates_and_ranks_over_seeds_and_paraphrases(env, workers, tmp_path):
+def test_study_with_an_llm_judge_rates_and_ranks_over_seeds_and_paraphrases(env, tmp_path):
     out = tmp_path / "report"
     with ServerThread() as srv:
         env["VALUEFLOW_JUDGES_FILE"] = _judges_file(tmp_path, srv.url)
-        workers.start(concurrency=2)
+        # --local-worker: the command runs a worker of its own while it waits (it logs into the state
+        # folder, which only the embedded default creates by itself)
+        Path(env["VALUEFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
         res = run_cli(["study", "stability", "--judge", "studyllm", "--data", str(shared_data() / "vidb-sample"),
                        "--value", "care-harm", "--value", "benevolence", "--limit", "4", "--repeats", "3",
                        "--paraphrases", "2", "--k", "4", "--windows", "2", "--seed", "7", "--chunk-size", "5",
-                       "--no-local-worker", "-o", str(out)], env, timeout=600)
+                       "--local-worker", "-o", str(out)], env, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         job = res.stdout.strip().splitlines()[-1]
         prompts = [json.loads(p) for (model, p), n in srv.server.seen.items() if model == "study" for _ in range(n)]
