@@ -204,6 +204,21 @@ def test_api_generation_is_cached_capped_and_carries_the_seed(pg_url):
         asyncio.run(go())
 
 
+def test_seeded_gumbel_max_draws_from_the_softmax():
+    import torch
+
+    from workers.generation.local import SeededGumbel
+
+    z = torch.tensor([[0.0, 1.0, 2.0, -1.0]])
+    for temp in (1.0, 2.0):
+        proc = SeededGumbel([3], temp)
+        draws = np.bincount([int(proc(None, z).argmax()) for _ in range(20000)], minlength=4) / 20000
+        assert draws == pytest.approx(torch.softmax(z / temp, 1)[0].numpy(), abs=0.012)
+    assert torch.equal(SeededGumbel([3], 0.0)(None, z), z)  # temperature 0: greedy
+    a, b = SeededGumbel([5, 6], 1.0), SeededGumbel([6], 1.0)
+    assert torch.equal(a(None, z.repeat(2, 1))[1], b(None, z)[0])  # a row's noise ignores its batch
+
+
 def test_local_sampling_is_seeded_per_conversation_not_per_batch(tmp_path):
     from workers.generation.config import ModelConfig
     from workers.generation.local import LocalGenerator
@@ -264,6 +279,9 @@ def test_fake_model_dose_response_is_monotone_through_the_queue(env, workers, tm
         assert float(r["spearman"]) >= 0.9, r
         assert float(r["delta_+2"]) > float(r["delta_+1"]) > 0 > float(r["delta_-1"]) > float(r["delta_-2"])
         assert r["verdict"] == "easy" and r["model"] == "fake"
+    for flag, value in (("--rho-min", "1.01"), ("--delta-min", "50")):  # the verdict thresholds are options
+        run_cli(["report", job, "-o", str(tmp_path / flag), flag, value], env, check=True)
+        assert {r["verdict"] for r in _read_csv(tmp_path / flag / "steerability.csv")} == {"hard"}
     dose = _read_csv(rep / "dose_response.csv")
     assert len(dose) == 2 * 5 and all(int(d["n"]) == 8 for d in dose)
     persona_means = {int(d["level"]): float(d["mean"]) for d in dose if d["regime"] == "persona"}
@@ -315,6 +333,35 @@ def test_combo_scores_each_value_and_refusals_are_reported(env, workers, tmp_pat
     dose_out = {(r["level"]): int(r["n"]) for r in _read_csv(rep_out / "dose_response.csv")}
     assert dose_in == {"-1": 2, "0": 2, "2": 2} and dose_out == {"0": 2, "2": 2}  # refused level -1 dropped
     assert "excluded from" in (rep_out / "index.html").read_text()
+
+
+def test_steer_options_reach_the_plan_and_bad_input_is_refused(env, tmp_path, pg_url):
+    from workers.steering.plan import gen_seed
+
+    qfile = tmp_path / "q.csv"
+    with qfile.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["prompt"], ["What makes a good life?"]])
+    job = _steer(env, "--queries", str(qfile), "--query-field", "prompt", "--theory", "mft", "--levels=2",
+                 "--regime", "exemplars", "--k", "4", "--mode", "calibrated", "--seed", "7")
+    spec = json.loads(_q(pg_url, "SELECT spec FROM jobs WHERE id=$1", job)[0]["spec"])
+    assert spec["values"] == ["care-harm", "fairness-cheating", "loyalty-betrayal", "authority-subversion",
+                              "sanctity-degradation", "liberty-oppression"]
+    assert (spec["k"], spec["mode"], spec["seed"], spec["layout"], spec["regimes"]) == (4, "calibrated", 7, "shuffled",
+                                                                                       ["exemplars"])
+    gens = _q(pg_url, "SELECT gen_no, seed, query, messages FROM generations WHERE job_id=$1 ORDER BY gen_no", job)
+    assert len(gens) == 6 and [g["seed"] for g in gens] == [gen_seed(7, g["gen_no"]) for g in gens]
+    assert all(g["query"] == "What makes a good life?" and "agreed with" in g["messages"] for g in gens)
+    for args, message in [(["--levels=3"], "levels must be in -2..2"),
+                          (["--model", "nope"], "unknown generation model 'nope'"),
+                          (["--query-field", "query"], "field 'query': no such column"),
+                          (["--combo", "care-harm:2"], "a combo names at least two values"),
+                          (["--value", "nonsense"], "nonsense"), ([], "give --value, --theory or --combo")]:
+        base = ["steer", "--queries", str(qfile)] + ([] if "--query-field" in args else ["--query-field", "prompt"])
+        if not any(a in args for a in ("--value", "--combo")) and args:
+            base += ["--value", "power"]
+        res = run_cli(base + args, env)
+        assert res.returncode != 0 and message in res.stderr, (args, res.stderr)
+    assert _q(pg_url, "SELECT count(*) AS n FROM jobs")[0]["n"] == 1  # nothing stored by the refused commands
 
 
 def test_a_killed_worker_mid_generation_resumes_without_generating_twice(env, workers, tmp_path, pg_url):

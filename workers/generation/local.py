@@ -6,8 +6,8 @@ de-quantised copy). Conversations go through the model's chat template in batche
 padding. Sampling is seeded **per conversation**, independently of how conversations are batched:
 at each step every row adds its own Gumbel noise, drawn from a generator seeded with that row's
 seed, to its logits divided by the temperature, and the arg-max is taken — the Gumbel-max trick,
-``argmax_v (z_v / T + G_v)`` with ``G_v = -log(-log U_v)``, ``U_v ~ U(0, 1)``, is an exact draw from
-``softmax(z / T)``. Temperature 0 is greedy.
+``argmax_v (z_v / T + G_v)`` with ``G_v = -log E_v``, ``E_v ~ Exp(1)`` (that is, ``G_v`` standard
+Gumbel), is an exact draw from ``softmax(z / T)``. Temperature 0 is greedy.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ class SeededGumbel:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.temperature == 0:
             return scores
-        v = scores.shape[1]
-        u = torch.stack([torch.rand(v, generator=g, dtype=torch.float64) for g in self.gens])
-        gumbel = -torch.log(-torch.log(u.clamp(1e-300, 1 - 1e-16)))
-        return scores.float() / self.temperature + gumbel.to(scores.device, torch.float32)
+        e = torch.empty(scores.shape, dtype=torch.float32)
+        for row, g in zip(e, self.gens):
+            row.exponential_(generator=g)
+        return scores.float() / self.temperature - torch.log(e).to(scores.device)
 
 
 class LocalGenerator(Generator):
