@@ -62,6 +62,16 @@ def test_expansion_places_new_texts_in_log_n_windows_each(pg_url):
             assert spearmanr([r["intensity"] for r in out], theta[200:]).statistic >= 0.85
             vs = await store.pool.fetch("SELECT version, kind, n_items, n_new FROM vidb_versions ORDER BY version")
             assert [tuple(v) for v in vs] == [(1, "build", 220, 220), (2, "expand", 280, 60)]
+            # the refit started the new texts at their search estimates (posterior means), which sit
+            # close to where the fit put them
+            from schemas.vidb import VidbExpandSpec
+
+            est = await vidb_expand.search_estimates(
+                store.pool, VidbExpandSpec(input="mem", value=VALUE, judge="simulated", rounds=9), "exp-1")
+            ids = await store.pool.fetch("SELECT text_id FROM job_items WHERE job_id = 'exp-1' ORDER BY item_no")
+            e = np.array([est[r["text_id"]] for r in ids])
+            assert len(est) == 60 and spearmanr(e, [r["utility"] for r in out]).statistic >= 0.9
+            assert np.median(np.abs(e - np.array([r["utility"] for r in out]))) < 0.5
             # opponents were chosen near the text's running estimate: the last rounds' opponents are
             # close to the text's true utility (binary search), far closer than random items would be
             last = await store.pool.fetch("SELECT w.item_no, w.anchor_intensity[1] AS u FROM windows w"

@@ -35,7 +35,8 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
                           scale: str, prior: float, warm: bool, init_new: dict[int, float] | None = None,
                           from_jobs: list[str] | None = None) -> RefitResult:
     """``new``: (text_id, source) of the texts to add; ``refs``: text_id → (intensity, source) of the
-    build's reference items (None: the value's current items are the references)."""
+    build's reference items (None: the value's current items are the references). ``warm``: start
+    from the current utilities, added texts at ``init_new`` (text_id → search estimate; else 0)."""
     await V.value_lock(conn, value)
     current = {r["text_id"]: r for r in await V.current_items(conn, value)}
     clash = [t for t, _ in new if t in current]
@@ -52,7 +53,7 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
         raise JobFailure(f"no judged comparisons for {value!r}: every window failed (jobs resume --retry-failed)")
     index = {t: i for i, t in enumerate(tids)}
     rows = rank_rows(comps, index)
-    init = None
+    init, changed = None, None
     if warm:
         init = np.zeros(len(tids))
         for t, i in index.items():
@@ -60,7 +61,9 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
                 init[i] = current[t]["utility"]
             elif init_new and t in init_new:
                 init[i] = init_new[t]
-    fit = fit_utilities(len(tids), rows, prior, init)
+        # the added texts' windows are the new data: settle what they reach first (fit.local_refit)
+        changed = np.array([i for t, i in index.items() if t not in current], dtype=np.intp)
+    fit = fit_utilities(len(tids), rows, prior, init, changed)
     u, se = fit.utility, fit.stderr
     # references: the build's, or every current item that was fitted
     if refs:

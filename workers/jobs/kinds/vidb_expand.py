@@ -3,15 +3,17 @@
 * **plan** (scheduler): the new texts are staged as items, ``items_per_chunk`` per chunk; the
   value must already have fitted items (a build) to search among.
 * **search** (the judge's queue): for each new text of the chunk, ``rounds`` windows one after
-  another; each shows it with the k-1 current items nearest to quantiles of its running utility
-  posterior (:mod:`workers.vidb.search`, a noisy binary search: O(log n) windows per text). Window
+  another; each shows it with k-1 current items near quantiles of its running utility
+  posterior, their standard errors counted, drawn among the near-equivalent ones
+  (:mod:`workers.vidb.search`, a noisy binary search: O(log n) windows per text). Window
   ``item_no × rounds + r`` is round r; the utilities of the items shown are snapshotted in the
   window's ``anchor_intensity`` column (utilities, not intensities, for this kind). A redelivered
   task rebuilds every posterior from the windows already stored and continues where it stopped.
   Scoring jobs named with ``from_jobs`` contribute the windows in which they ranked the same texts
   against the value's anchors: to the starting posterior and to the refit.
 * **finalize** (``refit``, once, under the value's advisory lock): Plackett–Luce over the value's
-  comparisons warm-started from the current utilities, the new texts' intensities by isotonic
+  comparisons warm-started from the current utilities and the new texts' search estimates
+  (posterior means), first settling the items the new windows reach; the new texts' intensities by isotonic
   regression on the current items, one new version.
 """
 
@@ -32,18 +34,20 @@ from workers.vidb.simulated_judge import ensure_judge
 MIN_POOL = 10
 
 
-async def fitted_pool(conn, value: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vidb item ids, text ids, utilities) of the value's fitted items, by text id."""
-    rows = await conn.fetch("SELECT id, text_id, utility FROM vidb_items WHERE value = $1 AND utility IS NOT NULL"
-                            " ORDER BY text_id", value)
+async def fitted_pool(conn, value: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(vidb item ids, text ids, utilities, standard errors (0 where unknown)) of the value's fitted
+    items, by text id."""
+    rows = await conn.fetch("SELECT id, text_id, utility, stderr FROM vidb_items WHERE value = $1"
+                            " AND utility IS NOT NULL ORDER BY text_id", value)
     return (np.array([r["id"] for r in rows], dtype=np.int64), np.array([r["text_id"] for r in rows], dtype=np.int64),
-            np.array([r["utility"] for r in rows], dtype=float))
+            np.array([r["utility"] for r in rows], dtype=float),
+            np.array([r["stderr"] or 0.0 for r in rows], dtype=float))
 
 
 def planner(spec: VidbExpandSpec, rows: list[InputRow]):
     async def plan(store: Store, job_id: str) -> tuple[int, int, int]:
         await check_corpus(store, spec.value, rows, spec.input)
-        _, _, u = await fitted_pool(store.pool, spec.value)
+        _, _, u, _ = await fitted_pool(store.pool, spec.value)
         if len(u) < max(MIN_POOL, spec.k - 1):
             raise ValueError(f"value {spec.value!r} has {len(u)} fitted VIDB item(s); expansion searches among at least "
                              f"{MIN_POOL}: run 'valueflow vidb build' for it first")
@@ -86,6 +90,34 @@ async def _folded(conn, spec: VidbExpandSpec, text_ids: list[int]) -> list:
         " ORDER BY w.job_id, w.window_id", spec.from_jobs, spec.value, text_ids)
 
 
+def _apply_folded(logp: dict, grid: np.ndarray, folded: list, by_text: dict, u_of_item: dict) -> None:
+    """Add the folded scoring windows whose anchors are all fitted items to the texts' posteriors."""
+    for f in folded:
+        if all(a in u_of_item for a in f["anchor_ids"]):
+            no = by_text[f["text_id"]]
+            logp[no] = _update(logp[no], grid, f["target_pos"], list(f["ranking"]), [u_of_item[a] for a in f["anchor_ids"]])
+
+
+async def search_estimates(conn, spec: VidbExpandSpec, job_id: str) -> dict[int, float]:
+    """text id → posterior mean of each added text after all its judged windows (and folded ones):
+    the search's own estimate, where the warm refit starts the text."""
+    items = await conn.fetch("SELECT item_no, text_id FROM job_items WHERE job_id = $1", job_id)
+    item_ids, _, pool_u, _ = await fitted_pool(conn, spec.value)
+    if not items or not len(pool_u):
+        return {}
+    grid = S.make_grid(pool_u)
+    prior = S.log_prior(grid, pool_u)
+    by_text = {r["text_id"]: r["item_no"] for r in items}
+    logp = {no: prior.copy() for no in by_text.values()}
+    _apply_folded(logp, grid, await _folded(conn, spec, list(by_text)), by_text, dict(zip(item_ids.tolist(), pool_u.tolist())))
+    for w in await conn.fetch(
+            "SELECT w.item_no, w.target_pos, w.anchor_intensity, c.ranking FROM windows w JOIN comparisons c"
+            " ON c.job_id = w.job_id AND c.window_id = w.window_id WHERE w.job_id = $1 ORDER BY w.window_id", job_id):
+        no = w["item_no"]
+        logp[no] = _update(logp[no], grid, w["target_pos"], list(w["ranking"]), list(w["anchor_intensity"]))
+    return {t: S.mean_sd(grid, logp[no])[0] for t, no in by_text.items()}
+
+
 async def search_stage(ctx: StageContext) -> None:
     spec: VidbExpandSpec = ctx.spec  # type: ignore[assignment]
     ensure_judge(ctx.resources, spec.judge)
@@ -93,7 +125,7 @@ async def search_stage(ctx: StageContext) -> None:
     lo = ctx.chunk_no * spec.items_per_chunk
     items = await store.pool.fetch("SELECT item_no, text_id FROM job_items WHERE job_id = $1 AND item_no >= $2"
                                    " AND item_no < $3 ORDER BY item_no", job_id, lo, lo + spec.items_per_chunk)
-    item_ids, pool_tid, pool_u = await fitted_pool(store.pool, spec.value)
+    item_ids, pool_tid, pool_u, pool_se = await fitted_pool(store.pool, spec.value)
     u_of_item = dict(zip(item_ids.tolist(), pool_u.tolist()))
     grid = S.make_grid(pool_u)
     prior = S.log_prior(grid, pool_u)
@@ -101,10 +133,7 @@ async def search_stage(ctx: StageContext) -> None:
     used: dict[int, set[int]] = {r["item_no"]: set() for r in items}
     pos_of_item = {int(i): p for p, i in enumerate(item_ids.tolist())}
     by_text = {r["text_id"]: r["item_no"] for r in items}
-    for f in await _folded(store.pool, spec, list(by_text)):
-        if all(a in u_of_item for a in f["anchor_ids"]):
-            no = by_text[f["text_id"]]
-            logp[no] = _update(logp[no], grid, f["target_pos"], list(f["ranking"]), [u_of_item[a] for a in f["anchor_ids"]])
+    _apply_folded(logp, grid, await _folded(store.pool, spec, list(by_text)), by_text, u_of_item)
     for r in range(R):
         wids = [no * R + r for no in logp]
         have = {w["window_id"]: w for w in await store.pool.fetch(
@@ -115,7 +144,8 @@ async def search_stage(ctx: StageContext) -> None:
             if no * R + r in have:
                 used[no] |= {pos_of_item[a] for a in have[no * R + r]["anchor_ids"] if a in pos_of_item}
                 continue
-            pick = S.choose_opponents(grid, logp[no], pool_u, used[no], spec.k)
+            pick = S.choose_opponents(grid, logp[no], pool_u, used[no], spec.k, pool_se,
+                                      np.random.default_rng([spec.seed, no, r, 1]))
             if len(pick) < spec.k - 1:
                 continue  # every item already shown to this text
             used[no] |= set(pick)
@@ -141,7 +171,7 @@ async def finalize(ctx: FinalizeContext) -> None:
     new = [(r["text_id"], f"fit:{job_id}") for r in
            await ctx.conn.fetch("SELECT text_id FROM job_items WHERE job_id = $1 ORDER BY item_no", job_id)]
     await refit_and_write(ctx.conn, spec.value, job_id, "expand", new, None, "isotonic", spec.prior, warm=True,
-                          from_jobs=spec.from_jobs)
+                          init_new=await search_estimates(ctx.conn, spec, job_id), from_jobs=spec.from_jobs)
 
 
 KIND = JobKind(
