@@ -1,17 +1,37 @@
-r"""Embedding judge: ranks texts by their projection on a per-value direction.
+r"""Embedding judge: ranks texts by a linear probe on sentence embeddings, per value.
 
-For each value a ridge probe is fitted on the value's VIDB anchors: with centred embeddings
-:math:`X` (n×d) and intensities :math:`y`, :math:`w = X^\top (X X^\top + \alpha I)^{-1} y` (the dual
-form, cheap when n < d). A window is ranked by :math:`X_{\text{window}} w`, highest first.
-Deterministic, fast, and needs no LLM: the judge of the embedded default. The encoder is the MiniLM
-base by default or a trained HiVES checkpoint (``encoder =`` in the judge's config).
+**Probe** (``probe="multitask"``, the default): one direction shared by every value plus a residual
+per value, fitted on the VIDB anchors of all values at once (:mod:`workers.stats.multitask_ridge`):
+for value :math:`v` the predicted intensity of a text with embedding :math:`x` is
+:math:`(x - \bar x_v)^\top (w_0 + w_v) + \bar y_v`, with penalties :math:`\alpha_0` on the shared
+direction and :math:`\alpha_1` on the residuals chosen by K-fold cross-validation on the anchors
+(highest mean within-value pairwise accuracy). A dozen anchors per value cannot pin down a
+384-dimensional direction; the shared part pools what all values agree on (supporting versus
+opposing, harm versus help). ``probe="ridge"`` is the earlier independent ridge per value with the
+configured ``ridge_alpha`` (no cross-validation).
+
+**Cross-fitting** (``cross_fit=True``, the default): the anchors are the probe's training data, so
+the full probe scores them better than it can score any new text; an anchor then sits closer to
+its known intensity than the scored text does, which compresses the text's position and makes the
+anchors' mutual order look sharper than the judge really is (the calibrated mode's :math:`\beta`,
+fitted on that order, comes out too large). With cross-fitting each anchor is scored by the probe
+of the cross-validation fold that did not contain it (its out-of-fold prediction); any other text
+is scored by the probe fitted on all anchors. Anchors and new texts are then scored with the same
+kind of error, and :math:`\beta` fitted on anchors describes new texts too.
+
+A window is ranked by these scores, highest first. Deterministic (the folds are seeded) and needs
+no LLM: the judge of the embedded default. The encoder is the MiniLM base by default or a trained
+HiVES checkpoint (``encoder =`` in the judge's config). Options that ``JudgeConfig`` does not carry
+are constructor arguments (a config field of the same name wins when present).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Awaitable, Callable
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -20,43 +40,90 @@ from schemas.seed import seed_vidb
 from schemas.taxonomy import Value
 from workers.judges.base import Judge
 from workers.judges.config import JudgeConfig
+from workers.stats.multitask_ridge import (DEFAULT_GRID, CVResult, MultiTaskProbe, cap_rows, cross_validate,
+                                           fit_multitask, task_basis)
 
-AnchorSource = Callable[[str], Awaitable[tuple[list[str], list[float]]]]
-
-
-def ridge_direction(X: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """(w, b) minimising ‖Xw + b − y‖² + α‖w‖²."""
-    mx, my = X.mean(axis=0), y.mean()
-    Xc, yc = X - mx, y - my
-    coef = np.linalg.solve(Xc @ Xc.T + alpha * np.eye(len(Xc)), yc)
-    w = Xc.T @ coef
-    return w, float(my - mx @ w)
+MIN_ANCHORS = 3
 
 
-async def seed_anchors(value: str) -> tuple[list[str], list[float]]:
-    rows = seed_vidb().get(value)
-    if not rows:
-        raise ValueError(f"no seed VIDB items for value {value!r}")
-    return [t for t, _ in rows], [x for _, x in rows]
+class AnchorSource(Protocol):
+    """Where the probe's training anchors come from: the VIDB of every value."""
+
+    async def counts(self) -> dict[str, int]:
+        """Items per value: the fingerprint that triggers a refit when it changes."""
+
+    async def fetch(self, value: str) -> tuple[list[str], list[float]]:
+        """A value's anchor texts and intensities."""
 
 
-def store_anchors(store) -> AnchorSource:
-    async def fetch(value: str) -> tuple[list[str], list[float]]:
-        rows = await store.vidb(value)
-        if len(rows) < 3:
-            raise ValueError(f"value {value!r} has {len(rows)} VIDB items; the embedding judge needs at least 3")
+class ItemsAnchors:
+    """Anchors from an in-memory VIDB ``{value: [(text, intensity)]}``."""
+
+    def __init__(self, items: dict[str, list[tuple[str, float]]]):
+        self.items = items
+
+    async def counts(self) -> dict[str, int]:
+        return {v: len(rows) for v, rows in self.items.items()}
+
+    async def fetch(self, value: str) -> tuple[list[str], list[float]]:
+        rows = self.items.get(value) or []
+        return [t for t, _ in rows], [float(x) for _, x in rows]
+
+
+class SeedAnchors(ItemsAnchors):
+    """The shipped seed VIDB (the default when no store is given)."""
+
+    def __init__(self):
+        super().__init__(seed_vidb())
+
+
+class StoreAnchors:
+    """The VIDB items in the store (what a job's windows draw their anchors from)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    async def counts(self) -> dict[str, int]:
+        return dict(await self.store.vidb_counts())
+
+    async def fetch(self, value: str) -> tuple[list[str], list[float]]:
+        rows = await self.store.vidb(value)
         return [r["body"] for r in rows], [float(r["intensity"]) for r in rows]
-    return fetch
+
+
+def store_anchors(store) -> StoreAnchors:
+    return StoreAnchors(store)
+
+
+@dataclass
+class FittedProbe:
+    """The probe of one VIDB snapshot, and each anchor's out-of-fold score (cross-fitting)."""
+
+    fingerprint: tuple
+    probe: MultiTaskProbe
+    oof: dict[str, dict[str, float]] = field(default_factory=dict)  # value → anchor text → score
+    cv: CVResult | None = None
+    n_anchors: dict[str, int] = field(default_factory=dict)
 
 
 class EmbeddingJudge(Judge):
-    def __init__(self, config: JudgeConfig, anchors: AnchorSource | None = None, encoder=None):
+    def __init__(self, config: JudgeConfig, anchors: AnchorSource | None = None, encoder=None, *,
+                 probe: Literal["multitask", "ridge"] = "multitask", cross_fit: bool = True,
+                 cv_folds: int = 5, max_probe_items: int = 1000):
         super().__init__(config)
         from workers.hives.encoder import Encoder
 
         self.encoder = encoder or Encoder(config.encoder, device=config.device)
-        self.anchors = anchors or seed_anchors
-        self._probes: dict[str, tuple[int, np.ndarray, float]] = {}
+        self.anchors: AnchorSource = anchors if anchors is not None else SeedAnchors()
+        self.probe_kind = getattr(config, "probe", probe)
+        self.cross_fit = bool(getattr(config, "cross_fit", cross_fit))
+        self.cv_folds = int(getattr(config, "cv_folds", cv_folds))
+        self.max_probe_items = int(getattr(config, "max_probe_items", max_probe_items))
+        if self.probe_kind not in ("multitask", "ridge"):
+            raise ValueError(f"judge {config.name!r}: probe must be 'multitask' or 'ridge', got {self.probe_kind!r}")
+        if self.cv_folds < 2:
+            raise ValueError(f"judge {config.name!r}: cv_folds must be >= 2, got {self.cv_folds}")
+        self.fitted: FittedProbe | None = None
         self._vectors: dict[str, np.ndarray] = {}  # anchors recur in every window: embed each once
 
     async def embed(self, texts: list[str]) -> np.ndarray:
@@ -69,20 +136,65 @@ class EmbeddingJudge(Judge):
             self._vectors.update(zip(todo, vecs))
         return np.stack([self._vectors[t] for t in texts]).astype(np.float64)
 
-    async def probe(self, value: str) -> tuple[np.ndarray, float]:
-        texts, y = await self.anchors(value)
-        cached = self._probes.get(value)
-        if cached is None or cached[0] != len(texts):  # VIDB grew: refit
-            X = await self.embed(texts)
-            w, b = ridge_direction(X, np.asarray(y, float), self.config.ridge_alpha)
-            self._probes[value] = (len(texts), w, b)
-        _, w, b = self._probes[value]
-        return w, b
+    async def fit(self) -> FittedProbe:
+        """The probe of the current VIDB snapshot; refitted when any value's item count changes."""
+        counts = await self.anchors.counts()
+        fp = tuple(sorted(counts.items()))
+        if self.fitted is not None and self.fitted.fingerprint == fp:
+            return self.fitted
+        texts: dict[str, list[str]] = {}
+        ys: dict[str, np.ndarray] = {}
+        for value, n in sorted(counts.items()):
+            if n < MIN_ANCHORS:
+                continue
+            t, y = await self.anchors.fetch(value)
+            keep = cap_rows(y, self.max_probe_items)
+            texts[value] = [t[i] for i in keep]
+            ys[value] = np.asarray(y, float)[keep]
+        if not texts:
+            raise ValueError(f"no value has {MIN_ANCHORS} or more VIDB items; the embedding judge has nothing to fit")
+        vecs = await self.embed([t for v in texts for t in texts[v]])
+        tasks, pos = {}, 0
+        for v in texts:
+            tasks[v] = (vecs[pos:pos + len(texts[v])], ys[v])
+            pos += len(texts[v])
+        self.fitted = await asyncio.to_thread(self._fit_tasks, fp, texts, tasks)
+        return self.fitted
+
+    def _fit_tasks(self, fp: tuple, texts: dict[str, list[str]], tasks: dict) -> FittedProbe:
+        if self.probe_kind == "multitask":
+            grid_shared, grid_task = DEFAULT_GRID, DEFAULT_GRID
+        else:
+            grid_shared, grid_task = (math.inf,), (float(self.config.ridge_alpha),)
+        cv = None
+        if self.cross_fit or len(grid_shared) * len(grid_task) > 1:
+            cv = cross_validate(tasks, grid_shared, grid_task, n_folds=self.cv_folds)
+            alphas = (cv.alpha_shared, cv.alpha_task)
+        else:
+            alphas = (grid_shared[0], grid_task[0])
+        probe = fit_multitask({v: task_basis(*xy) for v, xy in tasks.items()}, *alphas)
+        oof: dict[str, dict[str, float]] = {}
+        if self.cross_fit and cv is not None:
+            for v, pred in cv.oof.items():
+                acc: dict[str, list[float]] = {}
+                for t, p in zip(texts[v], pred):
+                    if np.isfinite(p):
+                        acc.setdefault(t, []).append(float(p))
+                oof[v] = {t: float(np.mean(ps)) for t, ps in acc.items()}
+        return FittedProbe(fp, probe, oof, cv, {v: len(t) for v, t in texts.items()})
 
     async def project(self, value: str, texts: list[str]) -> np.ndarray:
-        """Predicted intensity of each text (the probe's output)."""
-        w, b = await self.probe(value)
-        return await self.embed(texts) @ w + b
+        """Score of each text for ``value``: an anchor's out-of-fold prediction under cross-fitting,
+        otherwise the prediction of the probe fitted on all anchors."""
+        fitted = await self.fit()
+        if value not in fitted.probe.weights:
+            n = dict(fitted.fingerprint).get(value, 0)
+            raise ValueError(f"value {value!r} has {n} VIDB items; the embedding judge needs at least {MIN_ANCHORS}")
+        scores = fitted.probe.predict(value, await self.embed(texts))
+        held = fitted.oof.get(value)
+        if held:
+            scores = np.array([held.get(t, s) for t, s in zip(texts, scores)])
+        return scores
 
     async def rank_shown(self, value: Value, windows: list[list[str]]) -> list[Ranking]:
         if not windows:

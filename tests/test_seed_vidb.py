@@ -1,0 +1,99 @@
+"""The shipped seed VIDB: every row parses whole, every value is covered evenly, nothing is copied."""
+
+import csv
+import difflib
+import re
+from collections import Counter
+
+import pytest
+
+from schemas.seed import SEED_VIDB, SeedError, intensity_bucket, read_seed, seed_vidb, write_seed
+from schemas.taxonomy import STEERABLE
+from tests.conftest import vidb_sample
+
+SENTENCE = re.compile(r"^[A-Z][^\n]*[a-z][^\n]*[.!?]$")
+
+
+def test_every_row_reads_back_as_value_intensity_and_a_full_sentence():
+    with SEED_VIDB.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["value", "intensity", "text"]
+    steerable = {v for vs in STEERABLE.values() for v in vs}
+    for line, row in enumerate(rows[1:], start=2):
+        assert len(row) == 3, f"line {line}: {row}"
+        value, raw, text = row
+        assert value in steerable, f"line {line}: {value}"
+        assert -10 <= float(raw) <= 10, f"line {line}: {raw}"
+        assert text == text.strip() and SENTENCE.match(text), f"line {line}: not a full sentence: {text!r}"
+        assert len(text.split()) >= 4, f"line {line}: fragment {text!r}"
+    assert len(rows) - 1 == sum(len(r) for r in seed_vidb().values())
+
+
+def test_formerly_cut_texts_are_whole():
+    texts = {t for rows in seed_vidb().values() for t, _ in rows}
+    for whole in ("I borrowed a book, damaged it, and said nothing.",
+                  "Life, liberty and equal dignity before the law belong to every person without exception.",
+                  "Health, housing and a decent living are rights every person must have guaranteed.",
+                  "I let my parents choose my career, my spouse and where I live."):
+        assert whole in texts
+    assert not texts & {"Life", "Health", "I borrowed a book", "Free speech"}
+
+
+def test_every_value_has_thirty_texts_evenly_over_the_five_buckets():
+    items = seed_vidb()
+    assert set(items) == {v for vs in STEERABLE.values() for v in vs}
+    for value, rows in items.items():
+        assert len(rows) >= 30, value
+        per_bucket = Counter(intensity_bucket(x) for _, x in rows)
+        assert sorted(per_bucket) == [0, 1, 2, 3, 4], (value, per_bucket)
+        assert max(per_bucket.values()) - min(per_bucket.values()) <= 1, (value, per_bucket)
+
+
+def test_no_duplicate_texts():
+    norm = [re.sub(r"\W+", " ", t.lower()).strip() for rows in seed_vidb().values() for t, _ in rows]
+    dup = [t for t, n in Counter(norm).items() if n > 1]
+    assert dup == []
+
+
+def test_buckets_are_right_closed():
+    assert [intensity_bucket(x) for x in (-10, -6, -5.9, -2, 2, 2.1, 6, 6.1, 10)] == [0, 0, 1, 1, 2, 3, 3, 4, 4]
+    with pytest.raises(ValueError):
+        intensity_bucket(10.5)
+
+
+def test_no_text_is_taken_from_the_upstream_sample():
+    """Our own words: no seed text is a near copy of an upstream VIDB-sample text."""
+    def norm(s):
+        return re.sub(r"[^a-z ]", "", s.lower())
+
+    sample = [norm(x["text"]) for bins in vidb_sample().values() for b in bins.values() for x in b]
+    worst = 0.0
+    for rows in seed_vidb().values():
+        for t, _ in rows:
+            nt = norm(t)
+            m = difflib.SequenceMatcher(None, nt)
+            for s in sample:
+                m.set_seq1(s)
+                if m.real_quick_ratio() > worst and m.quick_ratio() > worst:
+                    worst = max(worst, m.ratio())
+    assert worst < 0.75
+
+
+def test_write_then_read_round_trips_commas_and_quotes(tmp_path):
+    rows = [("fidelity", -2.5, 'I said "later, maybe", and never came.'), ("justice", 7.5, "I split it, fairly.")]
+    path = tmp_path / "seed.csv"
+    write_seed(rows, path)
+    assert read_seed(path) == rows
+
+
+@pytest.mark.parametrize("body, message", [
+    ("fidelity,-2.5,I borrowed a book, damaged it\n", r"seed\.csv:2: expected 3 fields .* must be quoted"),
+    ("fidelity,lots,I kept my word.\n", r"seed\.csv:2: field 'intensity': not a number"),
+    ("fidelity,11,I kept my word.\n", r"seed\.csv:2: field 'intensity': 11\.0 outside"),
+    ("fidelity,1,\n", r"seed\.csv:2: field 'text': empty"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, body, message):
+    path = tmp_path / "seed.csv"
+    path.write_text("value,intensity,text\n" + body)
+    with pytest.raises(SeedError, match=message):
+        read_seed(path)
