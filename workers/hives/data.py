@@ -1,9 +1,10 @@
 """HiVES training rows and where they come from.
 
-A row: ``text, theory, value, level_1..level_3`` (the value's top-down path in its theory, padded
-by repeating its last node), ``direction`` (supports / opposes / neutral), and for stage 2 an
-individual-anchor id (value and direction) and a cross-theory anchor id (concepts that mean the
-same across theories, from a table the team ships or the user supplies).
+A row: ``text, theory, value, level_1..level_3`` (the value's top-down path in its theory, see
+:func:`value_levels`), ``direction`` (supports / opposes / neutral), an individual-anchor id (the
+fine-grained value and direction) and a cross-theory anchor id (concepts that mean the same across
+theories, from a table the team ships or the user supplies). Stage 2 of training pulls together
+texts that share an anchor id.
 """
 
 from __future__ import annotations
@@ -80,13 +81,33 @@ def cross_anchor_of(anchors: list[CrossAnchor]) -> dict[str, str]:
 
 
 def value_levels(value: str, theory: str | None = None) -> tuple[str, str, str]:
-    """Level-1..3 nodes of a value's path. A theory's single top node (``ross_duties``,
-    ``human_rights``) is dropped like pvq's and mft's ``root``: every value shares it, so as a
-    level it would only group texts by direction."""
+    """Level-1..3 nodes of a value's top-down taxonomy path.
+
+    A theory's single top node (``ross_duties``, ``human_rights``) is dropped like pvq's and mft's
+    ``root``: every value shares it, so as a level it would only group texts by direction. A
+    shorter path is padded by repeating its last node; a longer one keeps its first two nodes and
+    puts the value itself at level 3, so Schwartz sub-values (``benevolence:caring``) stay distinct
+    from their parent instead of being cut to it.
+    """
     tax = default_taxonomy()
     v = tax.get(value, theory)
     path = [n for n in tax.path(v.name, v.theory) if n != tax.theories[v.theory].top]
+    if len(path) > LEVELS:
+        path = path[: LEVELS - 1] + path[-1:]
     return tuple(path[min(i, len(path) - 1)] for i in range(LEVELS))  # type: ignore[return-value]
+
+
+def cross_anchor_for(theory: str, key: str, cross: dict[str, str]) -> str | None:
+    """Cross-theory anchor of a value: its own entry in the table, else its nearest listed ancestor's
+    (a sub-value such as ``benevolence:caring`` belongs to the concept of ``benevolence``)."""
+    if f"{theory}:{key}" in cross:
+        return cross[f"{theory}:{key}"]
+    tax = default_taxonomy()
+    for a in tax.ancestors(key, theory):
+        hit = cross.get(f"{theory}:{tax.get(a, theory).key}")
+        if hit is not None:
+            return hit
+    return None
 
 
 def direction_of(intensity: float, neutral_band: float = 0.0) -> str:
@@ -98,7 +119,7 @@ def direction_of(intensity: float, neutral_band: float = 0.0) -> str:
 def make_row(text: str, value: str, direction: str, cross: dict[str, str]) -> Row:
     v = default_taxonomy().get(value)
     l1, l2, l3 = value_levels(v.name, v.theory)
-    c = cross.get(f"{v.theory}:{v.key}")
+    c = cross_anchor_for(v.theory, v.key, cross)
     return Row(text, v.theory, v.key, l1, l2, l3, direction, f"{v.theory}:{v.key}:{direction}",
                None if c is None else f"{c}:{direction}")
 
@@ -150,20 +171,4 @@ def read_rows(path: str | Path, cross_path: str | Path | None = None) -> list[Ro
         if r.get("cross_anchor"):
             row = Row(**{**asdict(row), "cross_anchor": r["cross_anchor"]})
         out.append(row)
-    return out
-
-
-def anchor_texts(cross: list[CrossAnchor]) -> dict[str, str]:
-    """Text that stands for every individual and cross-theory anchor id."""
-    tax = default_taxonomy()
-    out = {}
-    for v in tax.steerable():
-        label = v.key.replace("_", " ")
-        out[f"{v.theory}:{v.key}:supports"] = f"Supporting {label}: {v.definition}"
-        out[f"{v.theory}:{v.key}:opposes"] = f"Opposing {label}: {v.definition}"
-        out[f"{v.theory}:{v.key}:neutral"] = f"Neutral about {label}: {v.definition}"
-    for a in cross:
-        out[f"{a.anchor}:supports"] = f"Supporting: {a.description}"
-        out[f"{a.anchor}:opposes"] = f"Opposing: {a.description}"
-        out[f"{a.anchor}:neutral"] = f"Neutral: {a.description}"
     return out

