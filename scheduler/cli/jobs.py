@@ -142,7 +142,10 @@ async def wait_and_export(store, job_id: str, output: Path | None, local_worker:
     from schemas.settings import load_settings
     from scheduler import jobs as J
 
-    proc = spawn_worker(log=load_settings().home / "worker.log") if local_worker else None
+    home = load_settings().home
+    if local_worker:
+        home.mkdir(parents=True, exist_ok=True)
+    proc = spawn_worker(log=home / "worker.log") if local_worker else None
     try:
         state = await J.wait(store, job_id)
     finally:

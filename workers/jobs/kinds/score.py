@@ -165,9 +165,11 @@ def judge_scale(x: np.ndarray) -> tuple[float, float] | None:
     if len(x) == 0:
         return None
     try:
-        return fit_judge_scale(x)
+        beta, se = fit_judge_scale(x)
     except ValueError:
         return None
+    # a judge that orders every window's anchors perfectly has an unbounded β: not identified
+    return (beta, se) if np.isfinite(beta) and beta > 0 and np.isfinite(se) else None
 
 
 def score_value(value: str, wa: WindowArrays, mode: str, judge: str,
