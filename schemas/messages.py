@@ -48,6 +48,14 @@ ScoreMode = Literal["upstream", "calibrated"]
 Layout = Literal["upstream", "shuffled"]
 
 
+def with_mode_layout(spec):
+    """Fill an unset ``layout`` from the scoring mode: the published layout in ``upstream`` mode,
+    shuffled positions in ``calibrated`` mode (specs are frozen, hence ``object.__setattr__``)."""
+    if spec.layout is None:
+        object.__setattr__(spec, "layout", "upstream" if spec.mode == "upstream" else "shuffled")
+    return spec
+
+
 class ScoreJobSpec(_Msg):
     """Everything needed to plan, run and reproduce a batch scoring job.
 
@@ -72,9 +80,7 @@ class ScoreJobSpec(_Msg):
 
     @model_validator(mode="after")
     def _default_layout(self):
-        if self.layout is None:
-            object.__setattr__(self, "layout", "upstream" if self.mode == "upstream" else "shuffled")
-        return self
+        return with_mode_layout(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +156,7 @@ class SteerJobSpec(_Msg):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.layout is None:
-            object.__setattr__(self, "layout", "upstream" if self.mode == "upstream" else "shuffled")
+        with_mode_layout(self)
         bad = [lv for lv in self.levels + [lv for c in self.combos for lv in c.values()] if lv not in STEER_LEVELS]
         if bad:
             raise ValueError(f"levels must be in {list(STEER_LEVELS)}, got {bad[0]}")

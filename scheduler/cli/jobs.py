@@ -160,3 +160,42 @@ async def wait_and_export(store, job_id: str, output: Path | None, local_worker:
         n = await J.export(store, job_id, output)
         console.print(f"wrote {n} rows to {output}")
     return state
+
+
+def submit_and_follow(kind, spec, plan, describe, *, wait: bool, local_worker: bool | None,
+                      output: Path | None = None, seed_vidb: bool = True, prepare=None, after=None) -> None:
+    """What every job-submitting command does: submit a job of ``kind``, print ``describe(job, spec)``,
+    with ``--wait`` follow it to the end (a local worker by default on the embedded servers) and
+    export to ``output``; the job id is the last line printed.
+
+    ``prepare(store, spec) -> spec`` completes the spec from the store (e.g. VIDB versions) and
+    ``plan`` is then ``plan(spec)``; ``after(store, job_id, spec)`` runs once a waited job finished.
+    ``seed_vidb`` imports the shipped seed VIDB first (anchors for jobs that score).
+    """
+    from scheduler import jobs as J
+    from schemas.settings import load_settings
+
+    settings = load_settings()
+    _, broker = resolve_urls()
+    app = celery_app(broker)
+    if local_worker is None:
+        local_worker = settings.embedded and wait
+
+    async def go(store):
+        job_spec = spec
+        if seed_vidb:
+            from workers.io.vidb_files import ensure_seed
+
+            await ensure_seed(store)
+        if prepare is not None:
+            job_spec = await prepare(store, spec)
+        job_id = await J.submit(store, app, kind, job_spec, plan(job_spec) if prepare is not None else plan)
+        console.print(f"job [bold]{job_id}[/]: {describe(await store.job(job_id), job_spec)}")
+        if wait:
+            await wait_and_export(store, job_id, output, local_worker)
+            if after is not None:
+                await after(store, job_id, job_spec)
+        click.echo(job_id)
+
+    run_with_store(go)
+

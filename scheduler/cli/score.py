@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from scheduler.cli.common import celery_app, console, resolve_urls, run_with_store
-from scheduler.cli.jobs import wait_and_export
+from scheduler.cli.jobs import submit_and_follow
 from schemas.settings import load_settings
 
 
@@ -93,29 +92,13 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
             raise click.ClickException(str(exc)) from None
         click.echo(est.render())
         return
-    db_url, broker = resolve_urls()
-    app = celery_app(broker)
-    if local_worker is None:
-        local_worker = settings.embedded and wait
-
-    async def go(store):
-        from workers.io.vidb_files import ensure_seed
-
+    async def with_versions(store, spec):
         from workers.vidb.versions import latest_versions
 
-        await ensure_seed(store)
         # record the VIDB version of every value planned against (0: never fitted, the current items)
-        job_spec = spec.model_copy(update={"vidb_versions": await latest_versions(store.pool, spec.values)})
-        try:
-            job_id = await J.submit(store, app, score_kind.KIND, job_spec,
-                                    score_kind.planner(job_spec, itertools.chain([first], batches)))
-        except InputError as exc:
-            raise click.ClickException(str(exc)) from None
-        job = await store.job(job_id)
-        console.print(f"job [bold]{job_id}[/]: {job['n_items']} texts × {len(vals)} values × {m} windows "
-                      f"(k={k}, judge {judge}, mode {mode}, layout {spec.layout})")
-        if wait:
-            await wait_and_export(store, job_id, output, local_worker)
-        click.echo(job_id)
+        return spec.model_copy(update={"vidb_versions": await latest_versions(store.pool, spec.values)})
 
-    run_with_store(go)
+    submit_and_follow(score_kind.KIND, spec, lambda s: score_kind.planner(s, itertools.chain([first], batches)),
+                      lambda job, s: f"{job['n_items']} texts × {len(vals)} values × {m} windows "
+                                     f"(k={k}, judge {judge}, mode {mode}, layout {s.layout})",
+                      wait=wait, local_worker=local_worker, output=output, prepare=with_versions)

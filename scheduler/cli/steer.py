@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from scheduler.cli.common import celery_app, console, resolve_urls, run_with_store
-from scheduler.cli.jobs import wait_and_export
+from scheduler.cli.jobs import submit_and_follow
 from scheduler.cli.score import resolve_values
 
 
@@ -58,7 +57,6 @@ def steer(queries_path, query_field, values, theories, levels, regimes, combos, 
 
     from scheduler import jobs as J
     from schemas.messages import SteerJobSpec
-    from schemas.settings import load_settings
     from workers.generation.config import get_model_config
     from workers.jobs.kinds import steer as steer_kind
     from workers.judges.config import get_judge_config
@@ -83,23 +81,8 @@ def steer(queries_path, query_field, values, theories, levels, regimes, combos, 
                             seed=seed)
     except ValidationError as exc:
         raise click.ClickException(exc.errors()[0]["msg"]) from None
-    settings = load_settings()
-    _, broker = resolve_urls()
-    app = celery_app(broker)
-    if local_worker is None:
-        local_worker = settings.embedded and wait
-
-    async def go(store):
-        from workers.io.vidb_files import ensure_seed
-
-        await ensure_seed(store)
-        job_id = await J.submit(store, app, steer_kind.KIND, spec, steer_kind.planner(spec))
-        job = await store.job(job_id)
-        console.print(f"job [bold]{job_id}[/]: {job['n_items']} generations with {model} "
-                      f"({len(vals)} values × levels {levels}, {len(parsed_combos)} combos, regimes "
-                      f"{', '.join(spec.regimes)}, {samples} sample(s)); judge {judge}")
-        if wait:
-            await wait_and_export(store, job_id, output, local_worker)
-        click.echo(job_id)
-
-    run_with_store(go)
+    submit_and_follow(steer_kind.KIND, spec, steer_kind.planner(spec),
+                      lambda job, s: f"{job['n_items']} generations with {model} ({len(vals)} values × levels "
+                                     f"{levels}, {len(parsed_combos)} combos, regimes {', '.join(s.regimes)}, "
+                                     f"{samples} sample(s)); judge {judge}",
+                      wait=wait, local_worker=local_worker, output=output)

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from scheduler.cli.common import celery_app, console, resolve_urls, run_with_store
-from scheduler.cli.jobs import wait_and_export
+from scheduler.cli.common import console, run_with_store
+from scheduler.cli.jobs import submit_and_follow
 from scheduler.cli.score import value_options
 from schemas.settings import load_settings
 
@@ -67,7 +67,6 @@ def stability(judge, data, values, theories, limit, repeats, paraphrases, k, m, 
               local_worker, out_dir) -> None:
     """Rating versus ranking: score labelled texts REPEATS × PARAPHRASES times both ways, through
     the queue, and report stability, accuracy and position bias."""
-    from scheduler import jobs as J
     from scheduler.cli.score import resolve_values
     from schemas.study import StudySpec
     from workers.io.inputs import InputError
@@ -95,26 +94,14 @@ def stability(judge, data, values, theories, limit, repeats, paraphrases, k, m, 
     spec = StudySpec(data=str(data), values=keys, judge=judge, repeats=repeats, paraphrases=paraphrases, k=k,
                      windows=m, mode=mode, seed=seed, chunk_size=chunk_size or settings.chunk_size, texts=len(rows),
                      prompted=prompted)
-    _, broker = resolve_urls()
-    app = celery_app(broker)
-    if local_worker is None:
-        local_worker = settings.embedded and wait
+    async def report(store, job_id, _spec):
+        await write_report(store, job_id, out_dir or Path(f"study-{job_id}"))
 
-    async def go(store):
-        from workers.io.vidb_files import ensure_seed
-
-        await ensure_seed(store)
-        job_id = await J.submit(store, app, study_kind.KIND, spec, study_kind.planner(spec, rows))
-        job = await store.job(job_id)
-        console.print(f"study job [bold]{job_id}[/]: {len(rows)} texts × {len(keys)} value(s) × {repeats * paraphrases} "
-                      f"runs ({repeats} repeats × {paraphrases} paraphrases); {job['n_windows']} ranking windows "
-                      f"(k={k}), judge {judge}")
-        if wait:
-            await wait_and_export(store, job_id, None, local_worker)
-            await write_report(store, job_id, out_dir or Path(f"study-{job_id}"))
-        click.echo(job_id)
-
-    run_with_store(go)
+    submit_and_follow(study_kind.KIND, spec, study_kind.planner(spec, rows),
+                      lambda job, s: f"study of {len(rows)} texts × {len(keys)} value(s) × {repeats * paraphrases} "
+                                     f"runs ({repeats} repeats × {paraphrases} paraphrases); {job['n_windows']} "
+                                     f"ranking windows (k={k}), judge {judge}",
+                      wait=wait, local_worker=local_worker, after=report)
 
 
 async def write_report(store, job_id: str, out_dir: Path) -> None:

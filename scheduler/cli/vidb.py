@@ -12,8 +12,7 @@ from pathlib import Path
 
 import click
 
-from scheduler.cli.common import celery_app, console, resolve_urls, run_with_store
-from schemas.settings import load_settings
+from scheduler.cli.common import console, run_with_store
 
 
 @click.group()
@@ -88,26 +87,16 @@ def _corpus(path: Path, id_field: str, text_field: str):
 
 
 def _submit(kind, spec, plan, wait: bool, local_worker: bool | None, output: Path | None, what: str) -> None:
-    from scheduler import jobs as J
-    from scheduler.cli.jobs import wait_and_export
+    from scheduler.cli.jobs import submit_and_follow
 
-    settings = load_settings()
-    _, broker = resolve_urls()
-    app = celery_app(broker)
-    if local_worker is None:
-        local_worker = settings.embedded and wait
+    async def show_version(store, job_id, spec):
+        v = await store.pool.fetchrow("SELECT version, n_items, n_new FROM vidb_versions WHERE job_id = $1", job_id)
+        if v is not None:
+            console.print(f"{spec.value}: version {v['version']}, {v['n_items']} items ({v['n_new']} new)")
 
-    async def go(store):
-        job_id = await J.submit(store, app, kind, spec, plan)
-        job = await store.job(job_id)
-        console.print(f"job [bold]{job_id}[/]: {what} ({job['n_items']} texts, {job['n_windows']} windows)")
-        if wait:
-            await wait_and_export(store, job_id, output, local_worker)
-            v = await store.pool.fetchrow("SELECT version, n_items, n_new FROM vidb_versions WHERE job_id = $1", job_id)
-            if v is not None:
-                console.print(f"{spec.value}: version {v['version']}, {v['n_items']} items ({v['n_new']} new)")
-        click.echo(job_id)
-    run_with_store(go)
+    # the value's own VIDB is the subject here: the seed is not imported into it
+    submit_and_follow(kind, spec, plan, lambda job, s: f"{what} ({job['n_items']} texts, {job['n_windows']} windows)",
+                      wait=wait, local_worker=local_worker, output=output, seed_vidb=False, after=show_version)
 
 
 def job_options(f):
