@@ -23,13 +23,12 @@ Sampling defaults: temperature 1.0, at most :data:`MAX_NEW_TOKENS` new tokens, r
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from workers.judges.config import load_judges
+from workers.judges.config import load_judges, load_section
 
 MAX_WORDS = 100  # responses are capped at about 100 words
 MAX_NEW_TOKENS = 160  # ~100 English words; the text is then cut at MAX_WORDS words
@@ -82,17 +81,7 @@ def load_models(path: str | Path | None = None) -> dict[str, ModelConfig]:
     for name, j in load_judges(path).items():
         if j.kind in ("api", "local") and name not in BUILTIN:
             models[name] = ModelConfig(name=name, kind=j.kind, **{f: getattr(j, f) for f in _FROM_JUDGE})
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read models file: {exc}") from None
-    for name, body in (raw.get("models") or {}).items():
-        try:
-            models[name] = ModelConfig(name=name, **body)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(map(str, err["loc"]))
-            raise ValueError(f"{path}: [models.{name}] field {field}: {err['msg']}") from None
+    models.update(load_section(path, "models", ModelConfig, "models"))
     return models
 
 

@@ -78,23 +78,30 @@ BUILTIN = {
 }
 
 
+def load_section(path: str | Path, section: str, model: type[BaseModel], what: str) -> dict:
+    """``[section.NAME]`` tables of the TOML file ``path``, each validated as ``model(name=NAME, …)``;
+    errors name the file, the table and the field (``what`` names the file in read errors)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read {what} file: {exc}") from None
+    out = {}
+    for name, body in (raw.get(section) or {}).items():
+        try:
+            out[name] = model(name=name, **body)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(map(str, err["loc"]))
+            raise ValueError(f"{path}: [{section}.{name}] field {field}: {err['msg']}") from None
+    return out
+
+
 def load_judges(path: str | Path | None = None) -> dict[str, JudgeConfig]:
     """Built-ins plus the judges of the TOML file (``VALUEFLOW_JUDGES_FILE`` when ``path`` is None)."""
     judges = dict(BUILTIN)
     path = path or os.environ.get("VALUEFLOW_JUDGES_FILE")
-    if not path:
-        return judges
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read judges file: {exc}") from None
-    for name, body in (raw.get("judges") or {}).items():
-        try:
-            judges[name] = JudgeConfig(name=name, **body)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(map(str, err["loc"]))
-            raise ValueError(f"{path}: [judges.{name}] field {field}: {err['msg']}") from None
+    if path:
+        judges.update(load_section(path, "judges", JudgeConfig, "judges"))
     return judges
 
 
