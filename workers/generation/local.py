@@ -43,16 +43,9 @@ class SeededGumbel:
 class LocalGenerator(Generator):
     def __init__(self, config: ModelConfig, store=None, home: Path | None = None):
         super().__init__(config, store)
-        from schemas.settings import load_settings
-        from workers.hives.encoder import pick_device
-        from workers.judges.local_llm import load_causal_lm
+        from workers.judges.local_llm import load_for_batches
 
-        self.device = pick_device(config.device)
-        self.tokenizer, self.lm = load_causal_lm(config.model, home or load_settings().home, self.device)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.lm.eval()
+        self.device, self.tokenizer, self.lm = load_for_batches(config.model, config.device, home)
 
     async def _stream(self, conversations: list[list[dict]], seeds: list[int]) -> AsyncIterator[list[tuple[int, ChatResult]]]:
         bs = self.config.batch_size

@@ -75,18 +75,25 @@ def load_causal_lm(model: str, home: Path, device: str):
     return tok, lm
 
 
+def load_for_batches(model: str, device: str | None, home: Path | None = None):
+    """(device, tokenizer, model) of a local causal LM ready for batched generation: left padding
+    (prompts end where generation starts), a pad token, eval mode. Judges and generators share it."""
+    from schemas.settings import load_settings
+    from workers.hives.encoder import pick_device
+
+    dev = pick_device(device)
+    tok, lm = load_causal_lm(model, home or load_settings().home, dev)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lm.eval()
+    return dev, tok, lm
+
+
 class LocalLLMJudge(LLMJudge):
     def __init__(self, config: JudgeConfig, store=None, home: Path | None = None):
         super().__init__(config, store)
-        from workers.hives.encoder import pick_device
-        from schemas.settings import load_settings
-
-        self.device = pick_device(config.device)
-        self.tokenizer, self.lm = load_causal_lm(config.model, home or load_settings().home, self.device)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.lm.eval()
+        self.device, self.tokenizer, self.lm = load_for_batches(config.model, config.device, home)
 
     async def complete(self, conversations: list[list[dict]], k: int) -> list[Completion]:
         # generation is compute-bound: run it off the event loop
