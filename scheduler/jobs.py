@@ -89,7 +89,8 @@ async def status(store: Store, job_id: str) -> dict[str, Any]:
     return {"job": job_id, "kind": job["kind"], "state": job["state"], "error": job["error"],
             "finalize_runs": job["finalize_runs"], "windows": {k: prog[k] for k in ("done", "failed", "total")},
             "scored": prog["scored"], "stages": stages, "telemetry": await store.telemetry(job_id),
-            "health": [dict(h) for h in await store.health(job_id)]}
+            "health": [dict(h) for h in await store.health(job_id)],
+            "counts": await kind.status_counts(store, job_id) if kind.status_counts else {}}
 
 
 async def export(store: Store, job_id: str, path: str | Path) -> int:

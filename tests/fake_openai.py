@@ -16,6 +16,7 @@ The requested ``model`` name picks the behaviour, so one server serves every sce
                     of each value from the system line (or echoes the first exemplar) and writes a
                     canned text of that intensity (:data:`GEN_TEXTS`); no system line = neutral text
 * ``gen-refuse-neg``  like ``gen-level``, but refuses whenever a value is to be rejected
+* ``gen-level-down-first-N``  ``gen-level`` after its first N requests, which get 500
 * ``oracle``        a judge that knows every test text's intensity (:func:`oracle_intensity`: the
                     shipped seed VIDB, and 4 × level for the ``gen-*`` texts) and ranks by it
 * ``study``         rankings as ``ok``; a direct-rating request (``{"intensity": ...}`` asked for)
@@ -70,6 +71,10 @@ class FakeOpenAI:
             if "response_format" in body:
                 self.with_schema += 1
             if model.startswith("gen-"):
+                down = re.match(r"(gen-[a-z-]+?)-down-first-(\d+)$", model)
+                if down and self.by_model[model] <= int(down.group(2)):
+                    return web.Response(status=500, text="model temporarily down")
+                model = down.group(1) if down else model
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 return _chat_answer(model, steered_answer(model, body["messages"]))

@@ -6,6 +6,7 @@ import ast
 import asyncio
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -192,8 +193,26 @@ def test_worker_metrics_port_serves_real_values_after_a_job(env, workers, tmp_pa
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-c", "2", "--metrics-port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    # task events (--events) as Flower receives them
+    import threading
+
+    from celery import Celery
+
+    events: list[str] = []
+
+    def listen():
+        app = Celery(broker=env["VALUEFLOW_BROKER_URL"])
+        with app.connection() as conn:
+            recv = app.events.Receiver(conn, handlers={"*": lambda e: events.append(e["type"])})
+            try:
+                recv.capture(limit=None, timeout=120, wakeup=False)
+            except Exception:  # noqa: BLE001 - the capture times out once the test is over
+                pass
+
+    threading.Thread(target=listen, daemon=True).start()
+    time.sleep(1.0)
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-c", "2", "--metrics-port", str(port),
+                             "--events"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     workers.procs.append(proc)
     inp = tmp_path / "in.jsonl"
     _write_inputs(inp, TEXTS)
@@ -214,6 +233,11 @@ def test_worker_metrics_port_serves_real_values_after_a_job(env, workers, tmp_pa
     assert metric("valueflow_chunk_duration_seconds_count", stage="score") == 4
     assert metric("valueflow_finalize_total", kind="score") == 1
     assert metric("valueflow_judge_latency_seconds_count", stage="judge") >= 1
+    deadline = time.monotonic() + 10
+    while events.count("task-succeeded") < 9 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # 4 judge + 4 score chunks + finalize, each received, started and succeeded
+    assert events.count("task-succeeded") >= 9 and events.count("task-started") >= 9, sorted(set(events))
     # one JSON line per chunk and stage in the worker's log
     lines = [json.loads(x) for x in (tmp_path / "metrics-worker.log").read_text().splitlines() if x.startswith('{"event"')]
     assert sorted((x["stage"], x["chunk"]) for x in lines if x["job"] == job) == \

@@ -401,6 +401,45 @@ def test_a_killed_worker_mid_generation_resumes_without_generating_twice(env, wo
     assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id=$1", job)[0]["n"] == n
 
 
+def test_resume_retry_failed_sends_failed_generations_back_to_the_model(env, workers, tmp_path, pg_url):
+    """The model is down for its first 4 requests (no retries): 4 of 6 generations fail and the job
+    finishes with the others; ``jobs resume --retry-failed`` generates exactly those 4, once each,
+    and scores them."""
+    with ServerThread() as srv:
+        env["VALUEFLOW_JUDGES_FILE"] = str(_models_file(
+            tmp_path / "judges.toml", srv.url,
+            f'[models.flaky]\nkind = "api"\nmodel = "gen-level-down-first-4"\nbase_url = "{srv.url}"\n'
+            'concurrency = 1\nmax_attempts = 1\n'))
+        workers.start()
+        out = tmp_path / "first.csv"
+        job = _steer(env, "--queries", str(_queries(tmp_path / "q.csv", QUERIES[:2])), "--value", "care-harm",
+                     "--levels=-1,0,1", "--model", "flaky", "--judge", "oracle", "--gen-chunk", "2", "--windows", "1",
+                     "--wait", "--no-local-worker", "-o", str(out))
+        first = _read_csv(out)
+        assert len(first) == 6 and sum(1 for r in first if r["response"]) == 2
+        assert sum(1 for r in first if r["error"] and not r["response"]) == 4
+        st = run_cli(["jobs", "status", job], env, check=True).stdout
+        assert "generations: 2 done, 4 failed, 0 pending" in st, st
+        failed_chunks = {r["chunk_no"] for r in _q(
+            pg_url, "SELECT chunk_no FROM generations WHERE job_id=$1 AND text_id IS NULL", job)}
+        res = run_cli(["jobs", "resume", job, "--retry-failed"], env, check=True)
+        assert f"re-enqueued {len(failed_chunks)} task(s)" in res.stdout, res.stdout
+        assert run_cli(["jobs", "wait", job, "--timeout", "300"], env, check=True).stdout.strip().endswith(f"{job} done")
+        seen = {k: v for k, v in srv.server.seen.items() if k[0] == "gen-level-down-first-4"}
+    assert "generations: 6 done, 0 failed, 0 pending" in run_cli(["jobs", "status", job], env, check=True).stdout
+    again = tmp_path / "again.csv"
+    run_cli(["jobs", "export", job, "-o", str(again)], env, check=True)
+    rows = _read_csv(again)
+    assert len(rows) == 6 and all(r["response"] and not r["error"] and r["intensity"] != "" for r in rows)
+    # each generation asked at most twice (failed once, then answered), 4 + 6 requests in all
+    assert sum(seen.values()) == 10 and all(v <= 2 for v in seen.values())
+    per_gen = _q(pg_url, "SELECT count(*) AS n FROM job_items WHERE job_id=$1 GROUP BY item_no", job)
+    assert len(per_gen) == 6 and all(r["n"] == 1 for r in per_gen)
+    windows = _q(pg_url, "SELECT count(*) AS n, count(DISTINCT window_id) AS d FROM comparisons WHERE job_id=$1", job)[0]
+    assert windows["n"] == windows["d"] == 6
+    assert _q(pg_url, "SELECT finalize_runs FROM jobs WHERE id=$1", job)[0]["finalize_runs"] == 2
+
+
 def test_real_local_smollm2_job_end_to_end_with_report(env, workers, tmp_path, pg_url):
     """SmolLM2 generates through the gpu queue, the embedding judge scores, the report is written."""
     (tmp_path / "judges.toml").write_text('[models.smollm2-short]\nkind = "local"\nmodel = "SmolLM2-135M-Instruct"\n'

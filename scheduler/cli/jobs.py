@@ -44,6 +44,8 @@ async def print_status(store, job_id: str, as_json: bool = False) -> dict:
     for s in st["stages"]:
         click.echo(f"  stage {s['stage']:10} {s['done']:>7}/{s['of']} chunks done"
                    + (f", {s['pending']} pending" if s["pending"] else "") + (f", {s['failed']} failed" if s["failed"] else ""))
+    for name, counts in st["counts"].items():
+        click.echo(f"  {name}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     t = st["telemetry"]
     rate = f"{t['windows_per_s']:.1f} windows/s" if t["windows_per_s"] else "—"
     click.echo(f"  judge: {t['calls']} calls ({t['cached']} cached), tokens {t['tokens_in']} in / {t['tokens_out']} out, "

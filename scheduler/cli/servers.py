@@ -69,7 +69,9 @@ def status() -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="serve Prometheus metrics (judge latency, tokens, retries, chunk durations) on this port")
-def worker(queues: str, concurrency: int, pool: str, loglevel: str, metrics_port: int | None) -> None:
+@click.option("--events/--no-events", default=False, show_default=True,
+              help="send Celery task events (Flower's per-task history; one event message per task state)")
+def worker(queues: str, concurrency: int, pool: str, loglevel: str, metrics_port: int | None, events: bool) -> None:
     """Start a worker consuming the given queues (run on as many machines as you like)."""
     from workers.tasks.app import QUEUES
 
@@ -87,7 +89,7 @@ def worker(queues: str, concurrency: int, pool: str, loglevel: str, metrics_port
     _, broker = resolve_urls()
     app = celery_app(broker)
     app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--pool", pool, "-l", loglevel,
-                     "-n", f"vf{os.getpid()}@%h", "--without-gossip", "--without-mingle"])
+                     "-n", f"vf{os.getpid()}@%h", "--without-gossip", "--without-mingle", *(["-E"] if events else [])])
 
 
 @click.group()

@@ -95,6 +95,11 @@ class JobKind:
     finalize: Callable[[FinalizeContext], Awaitable[None]] | None = None
     finalize_queue: str = "refit"
     window_stage: int = 0  # the stage that judges windows: ``resume --retry-failed`` sends chunks back here
+    # chunks holding failed items of the kind's own first stage (not windows; e.g. generations), made
+    # retryable in the reset's transaction: ``resume --retry-failed`` sends them back to stage 0
+    reset_failed_items: Callable[[asyncpg.Connection, str], Awaitable[list[int]]] | None = None
+    # extra counts `jobs status` shows for this kind: name → {count name: n} (e.g. generations)
+    status_counts: Callable[[Store, str], Awaitable[dict[str, dict[str, int]]]] | None = None
     export_columns: tuple[str, ...] = ()
     export_rows: ExportRows | None = None
 

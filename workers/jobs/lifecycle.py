@@ -157,7 +157,7 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False) -> list[
     if job["state"] == JobState.CANCELLED:
         raise ValueError(f"job {job_id} was cancelled")
     if retry_failed:
-        await store.reset_failed(job_id, kind.window_stage)
+        await store.reset_failed(job_id, kind.window_stage, kind.reset_failed_items)
         job = await store.job(job_id)
     state = job["state"]
     if state == JobState.FINALIZING:

@@ -52,6 +52,24 @@ async def store_failure(store: Store, job_id: str, gen_no: int, error: str, atte
                              " AND text_id IS NULL", job_id, gen_no, error, attempts)
 
 
+async def reset_failed_generations(conn: asyncpg.Connection, job_id: str) -> list[int]:
+    """Clear the error of every generation that failed (no response); returns their chunks, which
+    ``jobs resume --retry-failed`` sends back to the generate stage."""
+    rows = await conn.fetch("UPDATE generations SET error = NULL WHERE job_id = $1 AND text_id IS NULL"
+                            " AND error IS NOT NULL RETURNING chunk_no", job_id)
+    return sorted({r["chunk_no"] for r in rows})
+
+
+async def generation_counts(store: Store, job_id: str) -> dict[str, dict[str, int]]:
+    """What ``jobs status`` shows of a steering job's generations."""
+    r = await store.pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE text_id IS NOT NULL) AS done,"
+        " count(*) FILTER (WHERE text_id IS NULL AND error IS NOT NULL) AS failed,"
+        " count(*) FILTER (WHERE text_id IS NULL AND error IS NULL) AS pending,"
+        " count(*) FILTER (WHERE refusal) AS refusals FROM generations WHERE job_id = $1", job_id)
+    return {"generations": {k: int(r[k]) for k in ("done", "failed", "pending", "refusals")}}
+
+
 async def generated(store: Store, job_id: str, chunk_no: int) -> list[asyncpg.Record]:
     """A chunk's generations that have a response: what gets scored."""
     return await store.pool.fetch(

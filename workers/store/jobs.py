@@ -186,10 +186,17 @@ class JobsMixin:
             "SELECT chunk_no, stage FROM chunks WHERE job_id = $1 AND state = $2 ORDER BY chunk_no",
             job_id, ChunkState.PENDING)
 
-    async def reset_failed(self, job_id: str, window_stage: int) -> dict[str, int]:
+    async def reset_failed(self, job_id: str, window_stage: int, reset_items=None) -> dict[str, int]:
         """Make failed windows pending again (their chunks go back to ``window_stage``) and failed
-        chunks pending in their stage; the job runs again. Nothing already judged is touched."""
+        chunks pending in their stage; the job runs again. Nothing already judged is touched.
+        ``reset_items(conn, job_id)``: the kind's own reset of failed first-stage items, returning
+        their chunks, which go back to stage 0 (see ``JobKind.reset_failed_items``)."""
         async with self.pool.acquire() as conn, conn.transaction():
+            first = sorted(await reset_items(conn, job_id)) if reset_items else []
+            if first:
+                await conn.execute(
+                    "UPDATE chunks SET stage = 0, state = 'pending', deliveries = 0, error = NULL, updated_at = now()"
+                    " WHERE job_id = $1 AND chunk_no = ANY($2::int[])", job_id, first)
             chunks = await conn.fetch(
                 "SELECT DISTINCT chunk_no FROM windows WHERE job_id = $1 AND state = 'failed'", job_id)
             windows = await conn.execute(
@@ -202,7 +209,8 @@ class JobsMixin:
             failed_chunks = await conn.execute(
                 "UPDATE chunks SET state = 'pending', deliveries = 0, error = NULL, updated_at = now()"
                 " WHERE job_id = $1 AND state = 'failed'", job_id)
-            out = {"windows": int(windows.split()[-1]), "chunks": len(chunks) + int(failed_chunks.split()[-1])}
+            out = {"windows": int(windows.split()[-1]),
+                   "chunks": len(set(first) | {r["chunk_no"] for r in chunks}) + int(failed_chunks.split()[-1])}
             # a job runs again when something was reset, or when its finalize step failed it
             await conn.execute(
                 "UPDATE jobs SET state = 'running', error = NULL, finished_at = NULL, updated_at = now()"

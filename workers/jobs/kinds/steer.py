@@ -143,6 +143,8 @@ KIND = JobKind(
             Stage("score", lambda spec: "refit", score.score_stage)),
     finalize=score.finalize,
     window_stage=1,
+    reset_failed_items=db.reset_failed_generations,
+    status_counts=db.generation_counts,
     export_columns=EXPORT_COLUMNS,
     export_rows=export_rows,
 )
