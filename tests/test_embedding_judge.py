@@ -222,3 +222,35 @@ def test_anchor_order_shows_the_judges_real_sharpness_only_with_cross_fitting(en
         assert 0.75 < b_aa / b_ta < 1.33
     else:
         assert b_aa / b_ta > 2.0
+
+
+def test_lm_probe_features_depend_on_the_value_and_order_held_out_seed_texts_better(encoder):
+    """The ``lm-probe`` judge (value-conditioned SmolLM2 states + MiniLM): features change with the
+    value and are deterministic; on seed texts held out of the anchors it orders pairs better than
+    the sentence-embedding judge trained on the same anchors."""
+    from workers.judges.config import BUILTIN
+    from workers.judges.embedding_judge import EmbeddingJudge, ItemsAnchors
+    from workers.judges.lm_features import LMFeatureEncoder
+
+    lm = LMFeatureEncoder(sentence_encoder=encoder)
+    text = ["I gave my seat on the bus to an old man with a cane."]
+    a, b = lm.encode(text, "care-harm"), lm.encode(text, "achievement")
+    hidden = lm.lm.config.hidden_size
+    assert a.shape == (1, 2 * hidden + 384) and not np.allclose(a[:, :-384], b[:, :-384])
+    assert np.array_equal(a, lm.encode(text, "care-harm")) and np.allclose(a[:, -384:], b[:, -384:])
+
+    seed = seed_vidb()
+    values = sorted(seed)[::2]  # 16 values: half the cost, every theory represented
+    train = {v: [r for i, r in enumerate(seed[v]) if i % 5] for v in values}
+    held = {v: [r for i, r in enumerate(seed[v]) if i % 5 == 0] for v in values}
+
+    def held_out_accuracy(judge) -> float:
+        accs = []
+        for v in values:
+            s = asyncio.run(judge.project(v, [t for t, _ in held[v]]))
+            accs.append(pairwise_accuracy(s, np.array([x for _, x in held[v]])))
+        return float(np.mean(accs))
+
+    lm_acc = held_out_accuracy(EmbeddingJudge(BUILTIN["lm-probe"], anchors=ItemsAnchors(train), encoder=lm))
+    st_acc = held_out_accuracy(EmbeddingJudge(BUILTIN["embedding"], anchors=ItemsAnchors(train), encoder=encoder))
+    assert lm_acc >= 0.74 and lm_acc > st_acc, (lm_acc, st_acc)  # measured 0.758 vs 0.738

@@ -1,7 +1,8 @@
 """Judges are configured by name, so a job says ``--judge gemma27b`` and every worker agrees.
 
-Built-ins: ``embedding`` (the default: deterministic, no LLM) and ``smollm2`` (the local GGUF
-model). More come from a TOML file named by ``VALUEFLOW_JUDGES_FILE``::
+Built-ins: ``embedding`` (the default: deterministic, no LLM), ``lm-probe`` (the embedding judge on
+value-conditioned SmolLM2 hidden states plus MiniLM: slower, more accurate; needs the ``llm`` extra)
+and ``smollm2`` (the local GGUF model ranking by generation). More come from a TOML file named by ``VALUEFLOW_JUDGES_FILE``::
 
     [judges.gemma27b]
     kind = "api"                       # api | local | embedding
@@ -57,6 +58,12 @@ class JudgeConfig(BaseModel):
     device: str | None = None
     encoder: str | None = None  # embedding judge: encoder path (HiVES checkpoint); None = MiniLM
     ridge_alpha: float = Field(default=1.0, gt=0)
+    # embedding judge: "sentence" = the encoder's embedding of the text; "lm" = value-conditioned
+    # hidden states of a causal LM (lm_model, default SmolLM2) at lm_layers, plus the sentence
+    # embedding (workers/judges/lm_features.py)
+    features: Literal["sentence", "lm"] = "sentence"
+    lm_model: str = ""
+    lm_layers: list[int] = Field(default_factory=lambda: [18, 24], min_length=1)
 
     @property
     def queue(self) -> str:
@@ -74,6 +81,8 @@ class JudgeConfig(BaseModel):
 
 BUILTIN = {
     "embedding": JudgeConfig(name="embedding", kind="embedding", model="all-MiniLM-L6-v2"),
+    "lm-probe": JudgeConfig(name="lm-probe", kind="embedding", model="SmolLM2-135M-Instruct+all-MiniLM-L6-v2",
+                            features="lm"),
     "smollm2": JudgeConfig(name="smollm2", kind="local", model="SmolLM2-135M-Instruct", max_tokens=40),
 }
 

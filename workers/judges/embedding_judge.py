@@ -19,6 +19,10 @@ of the cross-validation fold that did not contain it (its out-of-fold prediction
 is scored by the probe fitted on all anchors. Anchors and new texts are then scored with the same
 kind of error, and :math:`\beta` fitted on anchors describes new texts too.
 
+**Features**: the encoder's sentence embedding of the text (``features = "sentence"``), or with
+``features = "lm"`` (the built-in ``lm-probe`` judge) value-conditioned hidden states of a causal LM
+beside it (:mod:`workers.judges.lm_features`), every column z-scored on the anchors.
+
 A window is ranked by these scores, highest first. Deterministic (the folds are seeded) and needs
 no LLM: the judge of the embedded default. The encoder is the MiniLM base by default or a trained
 HiVES checkpoint (``encoder =`` in the judge's config). Options that ``JudgeConfig`` does not carry
@@ -101,6 +105,7 @@ class FittedProbe:
 
     fingerprint: tuple
     probe: MultiTaskProbe
+    scale: tuple[np.ndarray, np.ndarray] | None = None  # column means and scales (standardised features)
     oof: dict[str, dict[str, float]] = field(default_factory=dict)  # value → anchor text → score
     cv: CVResult | None = None
     n_anchors: dict[str, int] = field(default_factory=dict)
@@ -113,7 +118,14 @@ class EmbeddingJudge(Judge):
         super().__init__(config)
         from workers.hives.encoder import Encoder
 
+        if encoder is None and config.features == "lm":
+            from workers.judges.lm_features import LMFeatureEncoder
+
+            encoder = LMFeatureEncoder(config.lm_model, tuple(config.lm_layers), config.device,
+                                       Encoder(config.encoder, device=config.device), config.batch_size)
         self.encoder = encoder or Encoder(config.encoder, device=config.device)
+        # value-conditioned features (LMFeatureEncoder): embedded per (value, text), columns z-scored
+        self.conditioned = bool(getattr(self.encoder, "conditioned", False))
         self.anchors: AnchorSource = anchors if anchors is not None else SeedAnchors()
         self.probe_kind = getattr(config, "probe", probe)
         self.cross_fit = bool(getattr(config, "cross_fit", cross_fit))
@@ -124,17 +136,22 @@ class EmbeddingJudge(Judge):
         if self.cv_folds < 2:
             raise ValueError(f"judge {config.name!r}: cv_folds must be >= 2, got {self.cv_folds}")
         self.fitted: FittedProbe | None = None
-        self._vectors: dict[str, np.ndarray] = {}  # anchors recur in every window: embed each once
+        self._vectors: dict[tuple[str | None, str], np.ndarray] = {}  # anchors recur in every window: embed once
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        """Embeddings with an in-process memo (bounded; cleared when full)."""
-        todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+    async def embed(self, texts: list[str], value: str | None = None) -> np.ndarray:
+        """Embeddings with an in-process memo (bounded; cleared when full); ``value`` matters only
+        to a value-conditioned encoder."""
+        v = value if self.conditioned else None
+        todo = list(dict.fromkeys(t for t in texts if (v, t) not in self._vectors))
         if todo:
             if len(self._vectors) + len(todo) > 200_000:
                 self._vectors.clear()
-            vecs = await asyncio.to_thread(self.encoder.encode, todo)
-            self._vectors.update(zip(todo, vecs))
-        return np.stack([self._vectors[t] for t in texts]).astype(np.float64)
+            if self.conditioned:
+                vecs = await asyncio.to_thread(self.encoder.encode, todo, value)
+            else:
+                vecs = await asyncio.to_thread(self.encoder.encode, todo)
+            self._vectors.update(((v, t), x) for t, x in zip(todo, vecs))
+        return np.stack([self._vectors[(v, t)] for t in texts]).astype(np.float64)
 
     async def fit(self) -> FittedProbe:
         """The probe of the current VIDB snapshot; refitted when any value's item count changes."""
@@ -153,15 +170,23 @@ class EmbeddingJudge(Judge):
             ys[value] = np.asarray(y, float)[keep]
         if not texts:
             raise ValueError(f"no value has {MIN_ANCHORS} or more VIDB items; the embedding judge has nothing to fit")
-        vecs = await self.embed([t for v in texts for t in texts[v]])
-        tasks, pos = {}, 0
-        for v in texts:
-            tasks[v] = (vecs[pos:pos + len(texts[v])], ys[v])
-            pos += len(texts[v])
+        if self.conditioned:
+            tasks = {v: (await self.embed(texts[v], v), ys[v]) for v in texts}
+        else:
+            vecs = await self.embed([t for v in texts for t in texts[v]])
+            tasks, pos = {}, 0
+            for v in texts:
+                tasks[v] = (vecs[pos:pos + len(texts[v])], ys[v])
+                pos += len(texts[v])
         self.fitted = await asyncio.to_thread(self._fit_tasks, fp, texts, tasks)
         return self.fitted
 
     def _fit_tasks(self, fp: tuple, texts: dict[str, list[str]], tasks: dict) -> FittedProbe:
+        scale = None
+        if self.conditioned:  # z-score every column on the anchors, then 1/sqrt(d): unit mean row norm
+            X = np.vstack([x for x, _ in tasks.values()])
+            scale = (X.mean(axis=0), (X.std(axis=0) + 1e-6) * np.sqrt(X.shape[1]))
+            tasks = {v: ((x - scale[0]) / scale[1], y) for v, (x, y) in tasks.items()}
         if self.probe_kind == "multitask":
             grid_shared, grid_task = DEFAULT_GRID, DEFAULT_GRID
         else:
@@ -181,7 +206,7 @@ class EmbeddingJudge(Judge):
                     if np.isfinite(p):
                         acc.setdefault(t, []).append(float(p))
                 oof[v] = {t: float(np.mean(ps)) for t, ps in acc.items()}
-        return FittedProbe(fp, probe, oof, cv, {v: len(t) for v, t in texts.items()})
+        return FittedProbe(fp, probe, scale, oof, cv, {v: len(t) for v, t in texts.items()})
 
     async def project(self, value: str, texts: list[str]) -> np.ndarray:
         """Score of each text for ``value``: an anchor's out-of-fold prediction under cross-fitting,
@@ -190,7 +215,10 @@ class EmbeddingJudge(Judge):
         if value not in fitted.probe.weights:
             n = dict(fitted.fingerprint).get(value, 0)
             raise ValueError(f"value {value!r} has {n} VIDB items; the embedding judge needs at least {MIN_ANCHORS}")
-        scores = fitted.probe.predict(value, await self.embed(texts))
+        x = await self.embed(texts, value)
+        if fitted.scale is not None:
+            x = (x - fitted.scale[0]) / fitted.scale[1]
+        scores = fitted.probe.predict(value, x)
         held = fitted.oof.get(value)
         if held:
             scores = np.array([held.get(t, s) for t, s in zip(texts, scores)])
