@@ -100,7 +100,8 @@ def expand_sim(pool_u, new_theta, rounds, beta, adaptive, seed=0, pool_se=None, 
                 j = int(rng.integers(len(pool_u)))
             used.add(j)
             won = rng.random() < 1 / (1 + np.exp(-beta * (t - truth[j])))
-            logp = logp + S.window_loglik(grid, 0 if won else 1, np.array([pool_u[j]]))
+            logp = logp + S.window_loglik(grid, 0 if won else 1, np.array([pool_u[j]]),
+                                          None if pool_se is None else np.array([pool_se[j]]))
             est[r, i] = S.mean_sd(grid, logp)[0]
             opp_log.append((i, j, bool(won)))
     return est, opp_log

@@ -1,10 +1,10 @@
-"""Specs of the VIDB job kinds (build, expand): everything needed to plan, run and reproduce them."""
+"""Specs of the VIDB job kinds (build, expand, audit): everything needed to plan, run and reproduce them."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.messages import _Msg
 
@@ -51,3 +51,28 @@ class VidbExpandSpec(_Msg):
     prior: float = Field(default=0.1, gt=0)
     seed: int = 0
     items_per_chunk: int = Field(default=64, ge=1)
+
+
+class VidbAuditSpec(_Msg):
+    """Ask a judge panel whether each of a value's VIDB items has a plausible intensity.
+
+    The items are snapshotted when the job is planned and split into blocks of
+    ``items_per_chunk``; each chunk is one judge's votes on one block. Ranking judges place an
+    item between the value's items ``margin`` below and above it; items with at least
+    ``min_weird`` "implausible" votes are flagged by finalize.
+    """
+
+    value: str
+    panel: list[str] = Field(min_length=1)  # judge names, each at most once
+    min_weird: int = Field(default=2, ge=1)
+    margin: float = Field(default=3.0, gt=0)
+    items_per_chunk: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _panel(self) -> "VidbAuditSpec":
+        twice = sorted({j for j in self.panel if self.panel.count(j) > 1})
+        if twice:
+            raise ValueError(f"judge {twice[0]!r} is named twice in the panel")
+        if self.min_weird > len(self.panel):
+            raise ValueError(f"{self.min_weird} votes cannot come from {len(self.panel)} judge(s)")
+        return self

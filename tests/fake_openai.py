@@ -21,6 +21,9 @@ The requested ``model`` name picks the behaviour, so one server serves every sce
                     shipped seed VIDB, and 4 × level for the ``gen-*`` texts) and ranks by it
 * ``study``         rankings as ``ok``; a direct-rating request (``{"intensity": ...}`` asked for)
                     gets ``rating_of(text, seed)``: a fixed number per text plus ``seed % 3 - 1``
+* ``plausibility``  a VIDB auditor: asked whether a text's score is plausible, it answers
+                    ``{"plausible": ...}`` from the text's hidden ``[u=…]`` tag (the simulated
+                    judge's): plausible when the score is within 3 of 3·u
 
 Counters are per (model, prompt), so concurrent scenarios do not interfere. ``stats`` records every
 request, the largest number in flight, and the ``response_format`` flags seen.
@@ -109,6 +112,12 @@ class FakeOpenAI:
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                                  "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 40, "completion_tokens": 6, "total_tokens": 46}})
+            if model == "plausibility":
+                content = body["messages"][-1]["content"]
+                u = float(re.search(r"\[u=([-+0-9.eE]+)\]", content).group(1))
+                score = float(re.search(r"gives this text the score ([-+]?\d+(?:\.\d+)?)", content).group(1))
+                ok = abs(score - max(-10.0, min(10.0, 3 * u))) <= 3
+                return _chat_answer(model, json.dumps({"plausible": ok, "reason": "checked against the tag"}))
             if model == "nonperm":
                 answer = "[1, 1, 2]"
             elif model == "shown-order":

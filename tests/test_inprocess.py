@@ -21,7 +21,9 @@ def test_in_process_scoring_orders_sample_texts(embedding_judge, mode):
     inten = np.array([r[4] for r in rows])
     se = np.array([r[5] for r in rows])
     assert np.all((inten >= -10) & (inten <= 10)) and np.all(se > 0) and all(r[6] == 3 for r in rows)
-    assert spearmanr(inten, [x["intensity"] for x in items])[0] > 0
+    # measured 0.357 (upstream) and 0.423 (calibrated) on these 12 texts: the bar catches a judge or
+    # plan that stops ordering them (the 384-text figures: benchmarks/evaluator_agreement.py, README)
+    assert spearmanr(inten, [x["intensity"] for x in items])[0] >= 0.3
 
 
 def test_same_seed_same_plan_same_scores(embedding_judge):

@@ -102,6 +102,23 @@ def test_search_likelihood_is_plackett_luce_with_the_others_fixed():
         assert np.allclose(ll - ll[0], np.array(ref) - ref[0], atol=1e-12)
 
 
+def test_search_likelihood_averages_over_the_opponents_standard_error():
+    from workers.vidb.search import window_loglik
+
+    grid = np.linspace(-4, 4, 81)
+    assert np.allclose(window_loglik(grid, 0, np.array([0.5]), np.array([0.0])), window_loglik(grid, 0, np.array([0.5])))
+    u = np.random.default_rng(0).normal(0.5, 1.2, 200_000)  # the opponent's utility, se 1.2
+    exact = np.array([np.mean(1 / (1 + np.exp(-(t - u)))) for t in grid])  # P(text beats it | θ)
+    approx = np.exp(window_loglik(grid, 0, np.array([0.5]), np.array([1.2])))
+    assert np.abs(approx - exact).max() < 0.02
+    # the loss likelihood is the complement (up to the constant the search drops), and an
+    # uncertain opponent moves the posterior less
+    ratio = np.exp(window_loglik(grid, 1, np.array([0.5]), np.array([1.2]))) / (1 - approx)
+    assert np.allclose(ratio, ratio[0])
+    sure = window_loglik(grid, 0, np.array([0.5]))
+    assert np.ptp(window_loglik(grid, 0, np.array([0.5]), np.array([1.2]))) < np.ptp(sure)
+
+
 # -- library: recovery, version, export ----------------------------------------------------------------------
 def test_build_on_a_simulated_judge_recovers_the_order_and_writes_one_version(pg_url):
     from workers.jobs.kinds import vidb_build

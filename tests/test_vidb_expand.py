@@ -207,7 +207,7 @@ def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(
         assert np.allclose(a, e, rtol=0, atol=1e-9), col
 
 
-def test_audit_review_export_adjudicate_round_trip(env, tmp_path, pg_url):
+def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_url):
     rows, theta = corpus(120, seed=5)
     tid = {}
 
@@ -237,19 +237,48 @@ def test_audit_review_export_adjudicate_round_trip(env, tmp_path, pg_url):
         finally:
             await conn.close()
 
+    # bad inputs are refused with a clear error before any job exists
     res = run_cli(["vidb", "audit", "--value", VALUE, "--panel", "simulated:beta=3", "--min-weird", "2"], env)
     assert res.returncode != 0 and "2 votes cannot come from 1 judge(s)" in res.stderr
     res = run_cli(["vidb", "audit", "--value", VALUE, "--panel", "simulated:sharp=3"], env)
     assert res.returncode != 0 and "simulated:beta=<float>:seed=<int>" in res.stderr
     res = run_cli(["vidb", "audit", "--value", "no-such-value", "--panel", "simulated"], env)
     assert res.returncode != 0 and "no-such-value" in res.stderr
+    res = run_cli(["vidb", "audit", "--value", VALUE, "--panel", "simulated,simulated"], env)
+    assert res.returncode != 0 and "judge 'simulated' is named twice" in res.stderr
+    res = run_cli(["vidb", "audit", "--value", "care-harm", "--panel", "simulated", "--min-weird", "1"], env)
+    assert res.returncode != 0 and "value 'care-harm' has no VIDB items to audit" in res.stderr
+    assert asyncio.run(q("SELECT count(*) AS n FROM jobs WHERE kind = 'vidb-audit'"))[0]["n"] == 0
+
+    # the audit runs on the workers: 140 items in blocks of 32 → 5 blocks × 3 judges = 15 tasks
+    workers.start()
     panel = ",".join(f"simulated:beta=3:seed={s}" for s in (1, 2, 3))
-    res = run_cli(["vidb", "audit", "--value", VALUE, "--panel", panel, "--min-weird", "2", "--margin", "4"], env, check=True)
-    assert "140 items × 3 judges, 420 votes" in res.stdout
+    out = tmp_path / "audit.csv"
+    res = run_cli(["vidb", "audit", "--value", VALUE, "--panel", panel, "--min-weird", "2", "--margin", "4",
+                   "--items-per-chunk", "32", "--wait", "--no-local-worker", "-o", str(out)],
+                  env, timeout=300, check=True)
+    audit = res.stdout.strip().splitlines()[-1]
+    assert "140 items × 3 judges, 420 votes" in res.stdout and f"audit {audit} of {VALUE}" in res.stdout
+    job = asyncio.run(q("SELECT kind, state, n_items, n_chunks, finalize_runs FROM jobs WHERE id = $1", audit))[0]
+    assert tuple(job) == ("vidb-audit", "done", 140, 15, 1)
+    chunks = asyncio.run(q("SELECT chunk_no, queue, state FROM chunks WHERE job_id = $1 ORDER BY chunk_no", audit))
+    assert [c["chunk_no"] for c in chunks] == list(range(15))
+    assert {(c["queue"], c["state"]) for c in chunks} == {("default", "done")}
     flagged = {r["id"] for r in asyncio.run(q("SELECT id FROM vidb_items WHERE 'implausible' = ANY(flags)"))}
     # every corrupted item is caught; of the 134 others (fitted from 12 noisy windows each) under 30 %
     assert corrupted <= flagged and len(flagged - corrupted) < 0.3 * 134, (len(flagged), corrupted - flagged)
     assert asyncio.run(q("SELECT count(*) AS n FROM vidb_votes"))[0]["n"] == 420
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_votes WHERE audit_id = $1", audit))[0]["n"] == 420
+    assert f"{len(flagged)} flagged implausible (≥ 2 votes)" in res.stdout
+    st = " ".join(run_cli(["jobs", "status", audit], env, check=True).stdout.split())
+    assert "[vidb-audit] done" in st and "stage vote 15/15 chunks done" in st and "votes: 420 stored" in st
+    with out.open(newline="", encoding="utf-8") as fh:
+        exported = list(csv.DictReader(fh))
+    assert list(exported[0]) == ["item_id", "value", "text", "intensity", "votes", "implausible_votes", "flagged"]
+    assert len(exported) == 140 and {(e["votes"], e["value"]) for e in exported} == {("3", VALUE)}
+    assert {int(e["item_id"]) for e in exported if e["flagged"] == "True"} == flagged
+    assert all((int(e["implausible_votes"]) >= 2) == (e["flagged"] == "True") for e in exported)
+    assert all(e["text"] == tid[int(e["item_id"])] for e in exported)
 
     sheet = tmp_path / "review.csv"
     res = run_cli(["vidb", "review-export", "--value", VALUE, "-o", str(sheet)], env, check=True)
@@ -299,6 +328,139 @@ def test_audit_review_export_adjudicate_round_trip(env, tmp_path, pg_url):
     assert (v["kind"], v["job_id"], v["n_items"]) == ("adjudicate", None, 140)
     res = run_cli(["vidb", "diff", "--value", VALUE, "1", str(versions_before + 1)], env, check=True)
     assert f"0 added, 0 removed, {len(flagged)} changed" in res.stdout
+
+
+async def audit_votes(store, audit_id) -> dict:
+    return {(r["item_id"], r["judge"]): (r["plausible"], r["intensity"]) for r in await store.pool.fetch(
+        "SELECT item_id, judge, plausible, intensity FROM vidb_votes WHERE audit_id = $1", audit_id)}
+
+
+def test_a_redelivered_audit_chunk_stores_each_vote_once_and_status_shows_progress(pg_url):
+    from schemas.messages import StageTask
+    from schemas.vidb import VidbAuditSpec
+    from scheduler import jobs as J
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources, StageContext
+    from workers.jobs.kinds import vidb_audit
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            rows, _ = corpus(40, seed=2)
+            await build_inline(store, rows, references(), per_text=8)  # 40 texts + 20 references = 60 items
+            bad = {r["id"] for r in await store.pool.fetch(
+                "SELECT id FROM vidb_items WHERE abs(intensity) > 6 ORDER BY id LIMIT 3")}
+            await store.pool.execute("UPDATE vidb_items SET intensity = -intensity, flags = ARRAY['implausible']"
+                                     " WHERE id = ANY($1::bigint[])", list(bad))
+            # flags of an earlier audit, to be replaced
+            await store.pool.execute("UPDATE vidb_items SET flags = ARRAY['implausible'] WHERE id % 2 = 0")
+            panel = ["simulated:beta=3:seed=1", "simulated:beta=3:seed=2"]
+            spec = VidbAuditSpec(value=VALUE, panel=panel, min_weird=2, margin=4, items_per_chunk=16)
+            sends = await lifecycle.submit(store, vidb_audit.KIND, spec, "audit-1", vidb_audit.planner(spec))
+            # 60 items → 4 blocks × 2 judges; chunk 2·block + judge
+            assert [s.kwargs["chunk_no"] for s in sends] == list(range(8)) and {s.queue for s in sends} == {"default"}
+            res = Resources()
+            # chunk 3 (judge 2, items 16–31): a worker stores its votes and dies before handing the chunk
+            # on; the redelivered task runs the stage again and stores each vote once
+            ctx = StageContext(store, await store.job("audit-1"), spec, 3, 0, res)
+            await vidb_audit.KIND.stages[0].run(ctx)
+            assert (ctx.report.done, ctx.report.failed, ctx.report.calls) == (16, 0, 16)
+            first = await audit_votes(store, "audit-1")
+            again = await lifecycle.run_stage(store, res, StageTask(**sends[3].kwargs), 5)
+            assert again.state == "ran" and again.sends == [] and again.report.done == 16
+            assert await audit_votes(store, "audit-1") == first and len(first) == 16
+            assert {j for _, j in first} == {panel[1]}
+            assert res.cached(f"judge:{panel[1]}", lambda: None).calls == 32  # one judge object, both runs
+            # a duplicate of a chunk already handed on is skipped
+            dup = await lifecycle.run_stage(store, res, StageTask(**sends[3].kwargs), 5)
+            assert dup.state == "skipped" and dup.sends == []
+            assert await store.pool.fetchval("SELECT count(*) FROM vidb_votes") == 16
+            # progress per stage and the votes so far, as `jobs status` shows them
+            st = await J.status(store, "audit-1")
+            assert st["kind"] == "vidb-audit" and st["state"] == "running"
+            assert st["stages"] == [{"stage": "vote", "done": 1, "pending": 7, "failed": 0, "of": 8}]
+            assert st["counts"]["votes"]["stored"] == 16 and st["counts"]["votes"]["asked for"] == 120
+            finals = []
+            for s in sends[:3] + sends[4:]:
+                finals += (await lifecycle.run_stage(store, res, StageTask(**s.kwargs), 5)).sends
+            assert [f.what for f in finals] == ["finalize"] and finals[0].queue == "refit"
+            assert (await J.status(store, "audit-1"))["stages"][0]["done"] == 8
+            await lifecycle.run_inline(store, res, finals + finals)  # finalize delivered twice: runs once
+            job = await store.job("audit-1")
+            assert (job["state"], job["finalize_runs"]) == ("done", 1)
+            votes = await audit_votes(store, "audit-1")
+            assert len(votes) == 120 and await store.pool.fetchval("SELECT count(*) FROM vidb_votes") == 120
+            # the flags were replaced: exactly the items with ≥ 2 implausible votes keep one
+            weird: dict[int, int] = {}
+            for (item, _), (ok, _) in votes.items():
+                weird[item] = weird.get(item, 0) + (not ok)
+            flagged = {r["id"] for r in await store.pool.fetch("SELECT id FROM vidb_items WHERE 'implausible' = ANY(flags)")}
+            assert flagged == {i for i, n in weird.items() if n >= 2} and bad <= flagged and len(flagged) < 30
+            # ranking judges bracket each item among the value's whole pool, not its block: the same
+            # panel in one chunk per judge gives the same votes
+            one = VidbAuditSpec(value=VALUE, panel=panel, min_weird=2, margin=4, items_per_chunk=1000)
+            await lifecycle.run_inline(store, Resources(), await lifecycle.submit(
+                store, vidb_audit.KIND, one, "audit-2", vidb_audit.planner(one)))
+            assert (await store.job("audit-2"))["n_chunks"] == 2 and await audit_votes(store, "audit-2") == votes
+            rows_out = [r async for b in vidb_audit.KIND.export_rows(store, "audit-2") for r in b]
+            assert len(rows_out) == 60 and {r["item_id"] for r in rows_out if r["flagged"]} == flagged
+            # a panel of a simulated and a configured judge: each chunk waits on its judge's queue
+            mixed = VidbAuditSpec(value=VALUE, panel=["simulated", "embedding"], min_weird=1, items_per_chunk=30)
+            sends = await lifecycle.submit(store, vidb_audit.KIND, mixed, "audit-3", vidb_audit.planner(mixed))
+            assert [s.queue for s in sends] == ["default", "gpu"] * 2
+            assert [r["queue"] for r in await store.pool.fetch(
+                "SELECT queue FROM chunks WHERE job_id = 'audit-3' ORDER BY chunk_no")] == ["default", "gpu"] * 2
+            # after a lost worker, resume sends each pending chunk to its judge's queue again
+            assert [(s.queue, s.kwargs["chunk_no"]) for s in await lifecycle.resume(store, "audit-3")] == [
+                ("default", 0), ("gpu", 1), ("default", 2), ("gpu", 3)]
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_an_api_judge_votes_through_the_audit_job(pg_url, tmp_path, monkeypatch):
+    """An API judge of the panel is asked once per item, on the api queue, with one client per worker."""
+    from schemas.vidb import VidbAuditSpec
+    from tests.fake_openai import ServerThread
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_audit
+
+    with ServerThread() as srv:
+        judges = tmp_path / "judges.toml"
+        judges.write_text(f'[judges.auditor]\nkind = "api"\nbase_url = "{srv.url}"\nmodel = "plausibility"\n'
+                          'structured = "off"\n')
+        monkeypatch.setenv("VALUEFLOW_JUDGES_FILE", str(judges))
+
+        async def go():
+            store = await open_test_store(pg_url)
+            res = Resources()
+            try:
+                rows, _ = corpus(30, seed=4)
+                await build_inline(store, rows, references(), per_text=8)  # 50 items
+                bad = [r["id"] for r in await store.pool.fetch(
+                    "SELECT id FROM vidb_items WHERE abs(intensity) > 6 ORDER BY id LIMIT 3")]
+                await store.pool.execute("UPDATE vidb_items SET intensity = -intensity WHERE id = ANY($1::bigint[])", bad)
+                spec = VidbAuditSpec(value=VALUE, panel=["auditor", "simulated:beta=3"], min_weird=1, items_per_chunk=20)
+                sends = await lifecycle.submit(store, vidb_audit.KIND, spec, "audit-api", vidb_audit.planner(spec))
+                assert [s.queue for s in sends] == ["api", "default"] * 3
+                await lifecycle.run_inline(store, res, sends)
+                assert (await store.job("audit-api"))["state"] == "done"
+                votes = await audit_votes(store, "audit-api")
+                assert len(votes) == 100 and srv.server.by_model["plausibility"] == 50
+                said = {i: ok for (i, j), (ok, _) in votes.items() if j == "auditor"}
+                assert all(not said[i] for i in bad)  # the flipped intensities are implausible to it
+                flagged = {r["id"] for r in await store.pool.fetch(
+                    "SELECT id FROM vidb_items WHERE 'implausible' = ANY(flags)")}
+                assert set(bad) <= flagged
+            finally:
+                judge = res.cached("judge:auditor", lambda: None)
+                if judge is not None:
+                    await judge.aclose()
+                await store.close()
+
+        asyncio.run(go())
 
 
 def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):

@@ -99,11 +99,16 @@ def _submit(kind, spec, plan, wait: bool, local_worker: bool | None, output: Pat
                       wait=wait, local_worker=local_worker, output=output, seed_vidb=False, after=show_version)
 
 
-def job_options(f):
+def follow_options(f):
+    """--wait, --local-worker and -o: what every command submitting a job offers."""
     f = click.option("-o", "--output", type=click.Path(path_type=Path), help="export the job's items when done")(f)
     f = click.option("--local-worker/--no-local-worker", default=None,
                      help="run a worker inside this command while waiting [default: on for the embedded default]")(f)
-    f = click.option("--wait/--no-wait", default=False, help="wait for the job, with a progress bar")(f)
+    return click.option("--wait/--no-wait", default=False, help="wait for the job, with a progress bar")(f)
+
+
+def job_options(f):
+    f = follow_options(f)
     f = click.option("--text-field", default="text", show_default=True)(f)
     f = click.option("--id-field", default="id", show_default=True)(f)
     f = click.option("--seed", default=0, show_default=True, type=int)(f)
@@ -277,23 +282,40 @@ def vidb_export(value, version, output) -> None:
               help="'implausible' votes that flag an item")
 @click.option("--margin", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="ranking judges: neighbours this far below and above the item's intensity")
-def vidb_audit(value, panel, min_weird, margin) -> None:
-    """Ask a judge panel whether each item's intensity is plausible; flag the doubtful ones."""
-    from workers.vidb.audit import audit_value
+@click.option("--items-per-chunk", default=256, show_default=True, type=click.IntRange(1),
+              help="items per task (each task is one judge's votes on them)")
+@follow_options
+def vidb_audit(value, panel, min_weird, margin, items_per_chunk, wait, local_worker, output) -> None:
+    """Ask a judge panel whether each item's intensity is plausible; flag the doubtful ones (a job:
+    one task per judge and block of items, on the judge's queue; finalize sets the flags)."""
+    from scheduler.cli.jobs import submit_and_follow
+    from schemas.vidb import VidbAuditSpec
+    from workers.jobs.kinds import vidb_audit as kind
+    from workers.vidb.audit import audit_summary
 
     key = _value(value)
     judges = [_judge(j.strip()) for j in panel.split(",") if j.strip()]
     if not judges:
         raise click.BadParameter("name at least one judge", param_hint="--panel")
+    twice = sorted({j for j in judges if judges.count(j) > 1})
+    if twice:
+        raise click.BadParameter(f"judge {twice[0]!r} is named twice", param_hint="--panel")
     if min_weird > len(judges):
         raise click.BadParameter(f"{min_weird} votes cannot come from {len(judges)} judge(s)", param_hint="--min-weird")
+    spec = VidbAuditSpec(value=key, panel=judges, min_weird=min_weird, margin=margin, items_per_chunk=items_per_chunk)
 
-    async def go(store):
-        s = await audit_value(store, key, judges, min_weird, margin)
-        click.echo(f"audit {s['audit']} of {key}: {s['items']} items × {s['judges']} judges, {s['votes']} votes; "
+    async def summary(store, job_id, spec):
+        if (await store.job(job_id))["state"] != "done":
+            return
+        s = await audit_summary(store.pool, job_id, min_weird)
+        click.echo(f"audit {job_id} of {key}: {s['items']} items × {len(judges)} judges, {s['votes']} votes; "
                    f"{s['flagged']} flagged implausible (≥ {min_weird} votes)"
                    + (f"; {s['unanswered']} item(s) got no usable vote" if s["unanswered"] else ""))
-    run_with_store(go)
+
+    submit_and_follow(kind.KIND, spec, kind.planner(spec),
+                      lambda job, s: f"audit {key}, panel {', '.join(judges)} ({job['n_items']} items, "
+                                     f"{job['n_chunks']} tasks)",
+                      wait=wait, local_worker=local_worker, output=output, seed_vidb=False, after=summary)
 
 
 @vidb.command("review-export")

@@ -70,8 +70,8 @@ async def submit(store: Store, kind: JobKind, spec: BaseModel, job_id: str, plan
     chunks = await store.pending_chunks(job_id)
     if not chunks:  # nothing to do (an empty job): complete it now
         return await _complete(store, kind, job_id)
-    q = kind.queue_of(0, spec)
-    return [Send("stage", q, StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=0).model_dump()) for c in chunks]
+    return [Send("stage", kind.queue_of(0, spec, c["chunk_no"]),
+                 StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=0).model_dump()) for c in chunks]
 
 
 # -- stages ------------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deli
 
 async def _advance(store: Store, kind: JobKind, spec: BaseModel, msg: StageTask) -> list[Send]:
     last = msg.stage + 1 == len(kind.stages)
-    nxt = None if last else kind.queue_of(msg.stage + 1, spec)
+    nxt = None if last else kind.queue_of(msg.stage + 1, spec, msg.chunk_no)
     if not await store.advance_chunk(msg.job_id, msg.chunk_no, msg.stage, len(kind.stages), nxt):
         return []  # a duplicate already moved this chunk on
     if not last:
@@ -167,7 +167,7 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False) -> list[
     chunks = await store.pending_chunks(job_id)
     if not chunks:
         return await _complete(store, kind, job_id)
-    return [Send("stage", kind.queue_of(c["stage"], spec),
+    return [Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
                  StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump()) for c in chunks]
 
 

@@ -12,6 +12,7 @@ KIND_MODULES = {
     "steer": "workers.jobs.kinds.steer",
     "vidb-build": "workers.jobs.kinds.vidb_build",
     "vidb-expand": "workers.jobs.kinds.vidb_expand",
+    "vidb-audit": "workers.jobs.kinds.vidb_audit",
     "study": "workers.jobs.kinds.study",
 }
 

@@ -41,11 +41,23 @@ def log_prior(grid: np.ndarray, utilities: np.ndarray) -> np.ndarray:
     return -0.5 * ((grid - u.mean()) / sd) ** 2
 
 
-def window_loglik(grid: np.ndarray, pos: int, others: np.ndarray) -> np.ndarray:
-    """log L(θ) of one ranking: the text at rank ``pos``, ``others`` = the other items' utilities in
-    rank order (see the module formula)."""
+def window_loglik(grid: np.ndarray, pos: int, others: np.ndarray, others_se: np.ndarray | None = None) -> np.ndarray:
+    r"""log L(θ) of one ranking: the text at rank ``pos``, ``others`` = the other items' utilities in
+    rank order (see the module formula).
+
+    ``others_se``: their standard errors. An opponent's utility is an estimate
+    :math:`u_j \sim N(\hat u_j, \mathrm{se}_j^2)`, and the likelihood averaged over it is flatter
+    than at :math:`\hat u_j`. For a pair, :math:`E[\sigma(\theta - u)] \approx
+    \sigma(\kappa(\theta - \hat u))` with :math:`\kappa = (1 + \pi\,\mathrm{se}^2/8)^{-1/2}`
+    (the probit approximation); for k > 2 the same κ, with the mean of the :math:`\mathrm{se}_j^2`,
+    scales θ and every :math:`\hat u_j` (a tempered Plackett–Luce likelihood). Without it the
+    search treats the opponents as exact and grows overconfident against poorly measured items.
+    """
     v = np.asarray(others, dtype=float)
     k = len(v) + 1
+    if others_se is not None and len(v):
+        kappa = 1.0 / np.sqrt(1.0 + np.pi * float(np.mean(np.asarray(others_se, dtype=float) ** 2)) / 8.0)
+        grid, v = kappa * np.asarray(grid, dtype=float), kappa * v
     tail = np.cumsum(np.exp(v)[::-1])[::-1]  # tail[s] = Σ_{j ≥ s} e^{v_j}
     out = grid.copy() if pos <= k - 2 else np.zeros_like(grid)
     for s in range(min(pos, k - 2) + 1):

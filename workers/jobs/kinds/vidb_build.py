@@ -29,12 +29,17 @@ from workers.vidb.simulated_judge import ensure_judge, is_simulated
 EXPORT_COLUMNS = ("id", "value", "intensity", "utility", "stderr", "version")
 
 
-def judge_queue(spec) -> str:
-    if is_simulated(spec.judge):
+def queue_of_judge(name: str) -> str:
+    """Simulated judges run on any worker (``default``); a configured judge on its config's queue."""
+    if is_simulated(name):
         return "default"
     from workers.judges.config import get_judge_config
 
-    return get_judge_config(spec.judge).queue
+    return get_judge_config(name).queue
+
+
+def judge_queue(spec) -> str:
+    return queue_of_judge(spec.judge)
 
 
 def steerable_value(value: str) -> str:

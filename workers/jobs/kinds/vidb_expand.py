@@ -70,13 +70,21 @@ async def _judged(conn, job_id: str, window_ids: list[int]) -> list:
         " WHERE w.job_id = $1 AND w.window_id = ANY($2::int[]) ORDER BY w.window_id", job_id, window_ids)
 
 
-def _update(logp: np.ndarray, grid: np.ndarray, target_pos: int, ranking: list[int], others_u: list[float]) -> np.ndarray:
-    """Add one judged window to a text's log posterior (``others_u`` in shown order, target skipped)."""
-    shown = list(others_u)
+def _update(logp: np.ndarray, grid: np.ndarray, target_pos: int, ranking: list[int], others_u: list[float],
+            others_se: list[float]) -> np.ndarray:
+    """Add one judged window to a text's log posterior (``others_u`` and their standard errors
+    ``others_se`` in shown order, target skipped)."""
+    shown, shown_se = list(others_u), list(others_se)
     shown.insert(target_pos, np.nan)
+    shown_se.insert(target_pos, np.nan)
     pos = ranking.index(target_pos)
     others = [shown[p] for p in ranking if p != target_pos]
-    return logp + S.window_loglik(grid, pos, np.array(others))
+    se = [shown_se[p] for p in ranking if p != target_pos]
+    return logp + S.window_loglik(grid, pos, np.array(others), np.array(se))
+
+
+def _se(se_of_item: dict, anchor_ids) -> list[float]:
+    return [se_of_item.get(a, 0.0) for a in anchor_ids]
 
 
 async def _folded(conn, spec: VidbExpandSpec, text_ids: list[int]) -> list:
@@ -90,31 +98,35 @@ async def _folded(conn, spec: VidbExpandSpec, text_ids: list[int]) -> list:
         " ORDER BY w.job_id, w.window_id", spec.from_jobs, spec.value, text_ids)
 
 
-def _apply_folded(logp: dict, grid: np.ndarray, folded: list, by_text: dict, u_of_item: dict) -> None:
+def _apply_folded(logp: dict, grid: np.ndarray, folded: list, by_text: dict, u_of_item: dict, se_of_item: dict) -> None:
     """Add the folded scoring windows whose anchors are all fitted items to the texts' posteriors."""
     for f in folded:
         if all(a in u_of_item for a in f["anchor_ids"]):
             no = by_text[f["text_id"]]
-            logp[no] = _update(logp[no], grid, f["target_pos"], list(f["ranking"]), [u_of_item[a] for a in f["anchor_ids"]])
+            logp[no] = _update(logp[no], grid, f["target_pos"], list(f["ranking"]),
+                               [u_of_item[a] for a in f["anchor_ids"]], _se(se_of_item, f["anchor_ids"]))
 
 
 async def search_estimates(conn, spec: VidbExpandSpec, job_id: str) -> dict[int, float]:
     """text id → posterior mean of each added text after all its judged windows (and folded ones):
     the search's own estimate, where the warm refit starts the text."""
     items = await conn.fetch("SELECT item_no, text_id FROM job_items WHERE job_id = $1", job_id)
-    item_ids, _, pool_u, _ = await fitted_pool(conn, spec.value)
+    item_ids, _, pool_u, pool_se = await fitted_pool(conn, spec.value)
     if not items or not len(pool_u):
         return {}
     grid = S.make_grid(pool_u)
     prior = S.log_prior(grid, pool_u)
     by_text = {r["text_id"]: r["item_no"] for r in items}
     logp = {no: prior.copy() for no in by_text.values()}
-    _apply_folded(logp, grid, await _folded(conn, spec, list(by_text)), by_text, dict(zip(item_ids.tolist(), pool_u.tolist())))
+    se_of_item = dict(zip(item_ids.tolist(), pool_se.tolist()))
+    _apply_folded(logp, grid, await _folded(conn, spec, list(by_text)), by_text,
+                  dict(zip(item_ids.tolist(), pool_u.tolist())), se_of_item)
     for w in await conn.fetch(
-            "SELECT w.item_no, w.target_pos, w.anchor_intensity, c.ranking FROM windows w JOIN comparisons c"
+            "SELECT w.item_no, w.target_pos, w.anchor_ids, w.anchor_intensity, c.ranking FROM windows w JOIN comparisons c"
             " ON c.job_id = w.job_id AND c.window_id = w.window_id WHERE w.job_id = $1 ORDER BY w.window_id", job_id):
         no = w["item_no"]
-        logp[no] = _update(logp[no], grid, w["target_pos"], list(w["ranking"]), list(w["anchor_intensity"]))
+        logp[no] = _update(logp[no], grid, w["target_pos"], list(w["ranking"]), list(w["anchor_intensity"]),
+                           _se(se_of_item, w["anchor_ids"]))
     return {t: S.mean_sd(grid, logp[no])[0] for t, no in by_text.items()}
 
 
@@ -127,13 +139,14 @@ async def search_stage(ctx: StageContext) -> None:
                                    " AND item_no < $3 ORDER BY item_no", job_id, lo, lo + spec.items_per_chunk)
     item_ids, pool_tid, pool_u, pool_se = await fitted_pool(store.pool, spec.value)
     u_of_item = dict(zip(item_ids.tolist(), pool_u.tolist()))
+    se_of_item = dict(zip(item_ids.tolist(), pool_se.tolist()))
     grid = S.make_grid(pool_u)
     prior = S.log_prior(grid, pool_u)
     logp = {r["item_no"]: prior.copy() for r in items}
     used: dict[int, set[int]] = {r["item_no"]: set() for r in items}
     pos_of_item = {int(i): p for p, i in enumerate(item_ids.tolist())}
     by_text = {r["text_id"]: r["item_no"] for r in items}
-    _apply_folded(logp, grid, await _folded(store.pool, spec, list(by_text)), by_text, u_of_item)
+    _apply_folded(logp, grid, await _folded(store.pool, spec, list(by_text)), by_text, u_of_item, se_of_item)
     for r in range(R):
         wids = [no * R + r for no in logp]
         have = {w["window_id"]: w for w in await store.pool.fetch(
@@ -162,7 +175,8 @@ async def search_stage(ctx: StageContext) -> None:
         await judge_windows(ctx)
         for w in await _judged(store.pool, job_id, wids):
             no = w["item_no"]
-            logp[no] = _update(logp[no], grid, w["target_pos"], list(w["ranking"]), list(w["anchor_intensity"]))
+            logp[no] = _update(logp[no], grid, w["target_pos"], list(w["ranking"]), list(w["anchor_intensity"]),
+                               _se(se_of_item, w["anchor_ids"]))
 
 
 async def finalize(ctx: FinalizeContext) -> None:
