@@ -1,9 +1,11 @@
 """VIDB build and expansion with a simulated judge: recovery, adaptive vs uniform, warm refit, queue rate.
 
-Run: ``python benchmarks/vidb_build.py [--quick] [--skip-queue] [--sharpness 1.0]``.
+Run: ``python benchmarks/vidb_build.py [--quick] [--skip-queue] [--sharpness 1.5]``.
 
 The judge is simulated (:mod:`workers.vidb.simulated_judge`): latent utilities ~ N(0, 1.5²), answers
-drawn from Plackett–Luce with utilities β·u (β = ``--sharpness``). Figures:
+drawn from Plackett–Luce with utilities β·u (β = ``--sharpness``, default 1.5: such a judge orders
+84 % of random pairs of the pool correctly, as the published LLM judges order pairs of real VIDB
+texts (0.842); every figure depends on β, so README reports β = 1 too). Figures:
 
 * build recovery: 2,000 texts, Spearman of the MAP fit with the truth vs comparisons per text,
   for the uniform (balanced) design and an adaptive one (after two balanced rounds, each round
@@ -274,7 +276,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller queue run, fewer curve points")
     ap.add_argument("--skip-queue", action="store_true")
-    ap.add_argument("--sharpness", type=float, default=1.0)
+    ap.add_argument("--sharpness", type=float, default=1.5,
+                    help="β of the simulated judge; 1.5 orders 84 %% of random pairs correctly, the published "
+                         "LLM judges' pairwise accuracy on the real VIDB (β = 1: 79 %%)")
     ap.add_argument("--queue-comparisons", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
