@@ -10,7 +10,7 @@ import pytest
 
 from schemas.taxonomy import default_taxonomy
 from workers.infra.embedded import free_port
-from tests.conftest import vidb_sample
+from tests.conftest import ROOT, vidb_sample
 from workers.judges.api_judge import APIJudge
 from workers.judges.config import JudgeConfig
 from workers.judges.local_llm import smollm2_gguf
@@ -20,9 +20,10 @@ from workers.judges.local_llm import smollm2_gguf
 def llama_server(tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("llama") / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
+    # tests/llama_server_main.py: llama_cpp.server with weight repacking off (AMX faults here)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.llama_server_main", "--model", str(smollm2_gguf()),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-                             "--model_alias", "smollm2"], stdout=log, stderr=subprocess.STDOUT)
+                             "--model_alias", "smollm2"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         for _ in range(240):
