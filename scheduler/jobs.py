@@ -45,26 +45,41 @@ async def cancel(store: Store, job_id: str) -> None:
     await store.set_job_state(job_id, JobState.CANCELLED)
 
 
+def _progress(job, prog, n_stages: int) -> tuple[int, int, str]:
+    """(finished, total, unit): windows judged when the job has windows, else chunk-stages passed
+    (kinds whose stages do not judge windows, e.g. an audit; a steering job before it plans any)."""
+    if prog["total"]:
+        return prog["done"] + prog["failed"], prog["total"], "windows"
+    steps = sum(n * (stage + (state == "done")) for (stage, state), n in prog["chunks"].items())
+    return steps, max(job["n_chunks"] * n_stages, 1), "chunk-stages"
+
+
 async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5,
                timeout_s: float | None = None) -> str:
-    """Block until the job is finished; a live bar shows windows, calls/s and ETA."""
+    """Block until the job is finished; a live bar shows windows (or chunk-stages), their rate and ETA."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     start = time.monotonic()
+    job = await store.job(job_id)
+    n_stages = len(get_kind(job["kind"]).stages)
     prog = await store.job_progress(job_id)
+    first, total, unit = _progress(job, prog, n_stages)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]:.1f} windows/s · failed {task.fields[failed]} · {task.fields[state]}"),
+                  TextColumn("{task.fields[rate]:.1f} {task.fields[unit]}/s · failed {task.fields[failed]} · "
+                             "{task.fields[state]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not show, transient=False,
                   console=Console(stderr=True)) as bar:
-        task = bar.add_task(f"job {job_id}", total=prog["total"], rate=0.0, failed=0, state="running")
-        first = prog["done"] + prog["failed"]
+        task = bar.add_task(f"job {job_id}", total=total, rate=0.0, failed=0, state="running", unit=unit)
         while True:
             job = await store.job(job_id)
             prog = await store.job_progress(job_id)
-            finished = prog["done"] + prog["failed"]
+            finished, total, now_unit = _progress(job, prog, n_stages)
+            if now_unit != unit:  # a steering job's windows appeared: count them from here
+                unit, first = now_unit, finished
             rate = (finished - first) / max(time.monotonic() - start, 1e-9)
-            bar.update(task, completed=finished, rate=rate, failed=prog["failed"], state=job["state"])
+            bar.update(task, completed=finished, total=total, rate=rate, failed=prog["failed"], state=job["state"],
+                       unit=unit)
             if job["state"] in FINISHED:
                 return job["state"]
             if timeout_s is not None and time.monotonic() - start > timeout_s:

@@ -384,3 +384,15 @@ def test_vidb_filter_agreed_leaves_flagged_anchors_out_and_the_spec_records_vers
     job = _submit(env, inp, "--value", "care-harm", "--vidb-filter", "agreed")
     anchors = {a for r in _q(pg_url, "SELECT anchor_ids FROM windows WHERE job_id=$1", job) for a in r["anchor_ids"]}
     assert anchors and not anchors & bad and anchors <= set(ids) - bad
+
+
+def test_wait_counts_windows_or_else_chunk_stages():
+    """`--wait`'s bar: windows when the job has any, else stages passed by its chunks (an audit)."""
+    from scheduler.jobs import _progress
+
+    job = {"n_chunks": 4}
+    no_windows = {"done": 0, "failed": 0, "total": 0, "chunks": {(0, "done"): 1, (1, "pending"): 2, (1, "done"): 1}}
+    # 2-stage kind: a chunk done with stage 0 counts 1, pending in stage 1 counts 1, done with stage 1 counts 2
+    assert _progress(job, no_windows, 2) == (1 + 2 + 2, 8, "chunk-stages")
+    windows = dict(no_windows, done=30, failed=2, total=60)
+    assert _progress(job, windows, 2) == (32, 60, "windows")
