@@ -254,3 +254,24 @@ def test_lm_probe_features_depend_on_the_value_and_order_held_out_seed_texts_bet
     lm_acc = held_out_accuracy(EmbeddingJudge(BUILTIN["lm-probe"], anchors=ItemsAnchors(train), encoder=lm))
     st_acc = held_out_accuracy(EmbeddingJudge(BUILTIN["embedding"], anchors=ItemsAnchors(train), encoder=encoder))
     assert lm_acc >= 0.74 and lm_acc > st_acc, (lm_acc, st_acc)  # measured 0.758 vs 0.738
+
+
+def test_lm_probe_judge_scores_a_job_through_the_queue(env, workers, tmp_path, pg_url):
+    """`--judge lm-probe` end to end: a gpu-queue worker builds the judge by name, fits it on the
+    store's seed VIDB, and the export orders a caring act above a harmful one on care-harm."""
+    import json
+
+    from tests.conftest import run_cli
+
+    texts = {"help": "I stayed up all night with my neighbour's feverish baby so she could sleep.",
+             "harm": "I kicked the stray cat off the porch just to hear it yelp."}
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": k, "text": t}) + "\n" for k, t in texts.items()))
+    workers.start(queues="gpu,refit")
+    out = tmp_path / "scores.jsonl"
+    res = run_cli(["score", str(inp), "--value", "care-harm", "--judge", "lm-probe", "--wait", "--no-local-worker",
+                   "-o", str(out)], env, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows.keys() == texts.keys() and all(r["judge"] == "lm-probe" and r["windows_used"] == 3 for r in rows.values())
+    assert rows["help"]["intensity"] > 0 > rows["harm"]["intensity"], rows
