@@ -24,6 +24,7 @@ The requested ``model`` name picks the behaviour, so one server serves every sce
 * ``plausibility``  a VIDB auditor: asked whether a text's score is plausible, it answers
                     ``{"plausible": ...}`` from the text's hidden ``[u=…]`` tag (the simulated
                     judge's): plausible when the score is within 3 of 3·u
+* ``plausibility-down-first-N``  ``plausibility`` after its first N requests, which get 500
 
 Counters are per (model, prompt), so concurrent scenarios do not interfere. ``stats`` records every
 request, the largest number in flight, and the ``response_format`` flags seen.
@@ -112,7 +113,10 @@ class FakeOpenAI:
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                                  "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 40, "completion_tokens": 6, "total_tokens": 46}})
-            if model == "plausibility":
+            down = re.match(r"plausibility-down-first-(\d+)$", model)
+            if down and self.by_model[model] <= int(down.group(1)):
+                return web.Response(status=500, text="auditor temporarily down")
+            if model == "plausibility" or down:
                 content = body["messages"][-1]["content"]
                 u = float(re.search(r"\[u=([-+0-9.eE]+)\]", content).group(1))
                 score = float(re.search(r"gives this text the score ([-+]?\d+(?:\.\d+)?)", content).group(1))

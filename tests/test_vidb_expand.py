@@ -463,6 +463,51 @@ def test_an_api_judge_votes_through_the_audit_job(pg_url, tmp_path, monkeypatch)
         asyncio.run(go())
 
 
+def test_resume_retry_failed_asks_again_for_the_votes_an_api_judge_did_not_give(pg_url, tmp_path, monkeypatch):
+    """The auditor is down for its first 10 requests (no retries): the audit finishes with 10 items
+    unvoted; ``resume --retry-failed`` sends back exactly the chunk holding them, and then every
+    item has one vote and the flags are set again."""
+    from schemas.vidb import VidbAuditSpec
+    from tests.fake_openai import ServerThread
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_audit
+
+    with ServerThread() as srv:
+        judges = tmp_path / "judges.toml"
+        judges.write_text(f'[judges.auditor]\nkind = "api"\nbase_url = "{srv.url}"\n'
+                          'model = "plausibility-down-first-10"\nstructured = "off"\nmax_attempts = 1\nconcurrency = 1\n')
+        monkeypatch.setenv("VALUEFLOW_JUDGES_FILE", str(judges))
+
+        async def go():
+            store = await open_test_store(pg_url)
+            res = Resources()
+            try:
+                rows, _ = corpus(30, seed=4)
+                await build_inline(store, rows, references(), per_text=8)  # 50 items
+                spec = VidbAuditSpec(value=VALUE, panel=["auditor"], min_weird=1, items_per_chunk=20)
+                await lifecycle.run_inline(store, res, await lifecycle.submit(
+                    store, vidb_audit.KIND, spec, "audit-retry", vidb_audit.planner(spec)))
+                assert (await store.job("audit-retry"))["state"] == "done"
+                assert len(await audit_votes(store, "audit-retry")) == 40  # chunk 0's first 10 failed
+                sends = await lifecycle.resume(store, "audit-retry", retry_failed=True)
+                assert [(s.what, s.kwargs["chunk_no"]) for s in sends] == [("stage", 0)]
+                await lifecycle.run_inline(store, res, sends)
+                job = await store.job("audit-retry")
+                assert job["state"] == "done" and job["finalize_runs"] == 2
+                votes = await audit_votes(store, "audit-retry")
+                assert len(votes) == 50 and {j for _, j in votes} == {"auditor"}
+                assert sum(srv.server.by_model.values()) == 50 + 20  # chunk 0 asked again in full
+                assert await lifecycle.resume(store, "audit-retry", retry_failed=True) == []  # nothing left
+            finally:
+                judge = res.cached("judge:auditor", lambda: None)
+                if judge is not None:
+                    await judge.aclose()
+                await store.close()
+
+        asyncio.run(go())
+
+
 def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     rows, theta = corpus(100, seed=7)
 

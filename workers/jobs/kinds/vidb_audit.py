@@ -109,6 +109,7 @@ KIND = JobKind(
     spec_model=VidbAuditSpec,
     stages=(Stage("vote", lambda spec: chunk_queue(spec, 0), vote_stage, chunk_queue=chunk_queue),),
     finalize=finalize,
+    reset_failed_items=A.reset_unanswered,
     status_counts=status_counts,
     export_columns=EXPORT_COLUMNS,
     export_rows=export_rows,
