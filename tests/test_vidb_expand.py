@@ -419,18 +419,15 @@ def test_a_redelivered_audit_chunk_stores_each_vote_once_and_status_shows_progre
     asyncio.run(go())
 
 
-def test_an_api_judge_votes_through_the_audit_job(pg_url, tmp_path, monkeypatch):
-    """An API judge of the panel is asked once per item, on the api queue, with one client per worker."""
-    from schemas.vidb import VidbAuditSpec
+def _with_api_auditor(pg_url, tmp_path, monkeypatch, auditor: str, body) -> None:
+    """Run ``await body(store, resources, server)`` against a 50-item VIDB of ``VALUE``, with the
+    fake server's judge ``auditor`` (TOML lines after ``kind``/``base_url``) configured."""
     from tests.fake_openai import ServerThread
-    from workers.jobs import lifecycle
     from workers.jobs.kind import Resources
-    from workers.jobs.kinds import vidb_audit
 
     with ServerThread() as srv:
         judges = tmp_path / "judges.toml"
-        judges.write_text(f'[judges.auditor]\nkind = "api"\nbase_url = "{srv.url}"\nmodel = "plausibility"\n'
-                          'structured = "off"\n')
+        judges.write_text(f'[judges.auditor]\nkind = "api"\nbase_url = "{srv.url}"\nstructured = "off"\n{auditor}')
         monkeypatch.setenv("VALUEFLOW_JUDGES_FILE", str(judges))
 
         async def go():
@@ -439,21 +436,7 @@ def test_an_api_judge_votes_through_the_audit_job(pg_url, tmp_path, monkeypatch)
             try:
                 rows, _ = corpus(30, seed=4)
                 await build_inline(store, rows, references(), per_text=8)  # 50 items
-                bad = [r["id"] for r in await store.pool.fetch(
-                    "SELECT id FROM vidb_items WHERE abs(intensity) > 6 ORDER BY id LIMIT 3")]
-                await store.pool.execute("UPDATE vidb_items SET intensity = -intensity WHERE id = ANY($1::bigint[])", bad)
-                spec = VidbAuditSpec(value=VALUE, panel=["auditor", "simulated:beta=3"], min_weird=1, items_per_chunk=20)
-                sends = await lifecycle.submit(store, vidb_audit.KIND, spec, "audit-api", vidb_audit.planner(spec))
-                assert [s.queue for s in sends] == ["api", "default"] * 3
-                await lifecycle.run_inline(store, res, sends)
-                assert (await store.job("audit-api"))["state"] == "done"
-                votes = await audit_votes(store, "audit-api")
-                assert len(votes) == 100 and srv.server.by_model["plausibility"] == 50
-                said = {i: ok for (i, j), (ok, _) in votes.items() if j == "auditor"}
-                assert all(not said[i] for i in bad)  # the flipped intensities are implausible to it
-                flagged = {r["id"] for r in await store.pool.fetch(
-                    "SELECT id FROM vidb_items WHERE 'implausible' = ANY(flags)")}
-                assert set(bad) <= flagged
+                await body(store, res, srv)
             finally:
                 judge = res.cached("judge:auditor", lambda: None)
                 if judge is not None:
@@ -461,6 +444,31 @@ def test_an_api_judge_votes_through_the_audit_job(pg_url, tmp_path, monkeypatch)
                 await store.close()
 
         asyncio.run(go())
+
+
+def test_an_api_judge_votes_through_the_audit_job(pg_url, tmp_path, monkeypatch):
+    """An API judge of the panel is asked once per item, on the api queue, with one client per worker."""
+    from schemas.vidb import VidbAuditSpec
+    from workers.jobs import lifecycle
+    from workers.jobs.kinds import vidb_audit
+
+    async def body(store, res, srv):
+        bad = [r["id"] for r in await store.pool.fetch(
+            "SELECT id FROM vidb_items WHERE abs(intensity) > 6 ORDER BY id LIMIT 3")]
+        await store.pool.execute("UPDATE vidb_items SET intensity = -intensity WHERE id = ANY($1::bigint[])", bad)
+        spec = VidbAuditSpec(value=VALUE, panel=["auditor", "simulated:beta=3"], min_weird=1, items_per_chunk=20)
+        sends = await lifecycle.submit(store, vidb_audit.KIND, spec, "audit-api", vidb_audit.planner(spec))
+        assert [s.queue for s in sends] == ["api", "default"] * 3
+        await lifecycle.run_inline(store, res, sends)
+        assert (await store.job("audit-api"))["state"] == "done"
+        votes = await audit_votes(store, "audit-api")
+        assert len(votes) == 100 and srv.server.by_model["plausibility"] == 50
+        said = {i: ok for (i, j), (ok, _) in votes.items() if j == "auditor"}
+        assert all(not said[i] for i in bad)  # the flipped intensities are implausible to it
+        flagged = {r["id"] for r in await store.pool.fetch("SELECT id FROM vidb_items WHERE 'implausible' = ANY(flags)")}
+        assert set(bad) <= flagged
+
+    _with_api_auditor(pg_url, tmp_path, monkeypatch, 'model = "plausibility"\n', body)
 
 
 def test_resume_retry_failed_asks_again_for_the_votes_an_api_judge_did_not_give(pg_url, tmp_path, monkeypatch):
@@ -468,44 +476,27 @@ def test_resume_retry_failed_asks_again_for_the_votes_an_api_judge_did_not_give(
     unvoted; ``resume --retry-failed`` sends back exactly the chunk holding them, and then every
     item has one vote and the flags are set again."""
     from schemas.vidb import VidbAuditSpec
-    from tests.fake_openai import ServerThread
     from workers.jobs import lifecycle
-    from workers.jobs.kind import Resources
     from workers.jobs.kinds import vidb_audit
 
-    with ServerThread() as srv:
-        judges = tmp_path / "judges.toml"
-        judges.write_text(f'[judges.auditor]\nkind = "api"\nbase_url = "{srv.url}"\n'
-                          'model = "plausibility-down-first-10"\nstructured = "off"\nmax_attempts = 1\nconcurrency = 1\n')
-        monkeypatch.setenv("VALUEFLOW_JUDGES_FILE", str(judges))
+    async def body(store, res, srv):
+        spec = VidbAuditSpec(value=VALUE, panel=["auditor"], min_weird=1, items_per_chunk=20)
+        await lifecycle.run_inline(store, res, await lifecycle.submit(
+            store, vidb_audit.KIND, spec, "audit-retry", vidb_audit.planner(spec)))
+        assert (await store.job("audit-retry"))["state"] == "done"
+        assert len(await audit_votes(store, "audit-retry")) == 40  # chunk 0's first 10 failed
+        sends = await lifecycle.resume(store, "audit-retry", retry_failed=True)
+        assert [(s.what, s.kwargs["chunk_no"]) for s in sends] == [("stage", 0)]
+        await lifecycle.run_inline(store, res, sends)
+        job = await store.job("audit-retry")
+        assert job["state"] == "done" and job["finalize_runs"] == 2
+        votes = await audit_votes(store, "audit-retry")
+        assert len(votes) == 50 and {j for _, j in votes} == {"auditor"}
+        assert sum(srv.server.by_model.values()) == 50 + 20  # chunk 0 asked again in full
+        assert await lifecycle.resume(store, "audit-retry", retry_failed=True) == []  # nothing left
 
-        async def go():
-            store = await open_test_store(pg_url)
-            res = Resources()
-            try:
-                rows, _ = corpus(30, seed=4)
-                await build_inline(store, rows, references(), per_text=8)  # 50 items
-                spec = VidbAuditSpec(value=VALUE, panel=["auditor"], min_weird=1, items_per_chunk=20)
-                await lifecycle.run_inline(store, res, await lifecycle.submit(
-                    store, vidb_audit.KIND, spec, "audit-retry", vidb_audit.planner(spec)))
-                assert (await store.job("audit-retry"))["state"] == "done"
-                assert len(await audit_votes(store, "audit-retry")) == 40  # chunk 0's first 10 failed
-                sends = await lifecycle.resume(store, "audit-retry", retry_failed=True)
-                assert [(s.what, s.kwargs["chunk_no"]) for s in sends] == [("stage", 0)]
-                await lifecycle.run_inline(store, res, sends)
-                job = await store.job("audit-retry")
-                assert job["state"] == "done" and job["finalize_runs"] == 2
-                votes = await audit_votes(store, "audit-retry")
-                assert len(votes) == 50 and {j for _, j in votes} == {"auditor"}
-                assert sum(srv.server.by_model.values()) == 50 + 20  # chunk 0 asked again in full
-                assert await lifecycle.resume(store, "audit-retry", retry_failed=True) == []  # nothing left
-            finally:
-                judge = res.cached("judge:auditor", lambda: None)
-                if judge is not None:
-                    await judge.aclose()
-                await store.close()
-
-        asyncio.run(go())
+    _with_api_auditor(pg_url, tmp_path, monkeypatch,
+                      'model = "plausibility-down-first-10"\nmax_attempts = 1\nconcurrency = 1\n', body)
 
 
 def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
