@@ -288,6 +288,8 @@ def vidb_export(value, version, output) -> None:
 def vidb_audit(value, panel, min_weird, margin, items_per_chunk, wait, local_worker, output) -> None:
     """Ask a judge panel whether each item's intensity is plausible; flag the doubtful ones (a job:
     one task per judge and block of items, on the judge's queue; finalize sets the flags)."""
+    from pydantic import ValidationError
+
     from scheduler.cli.jobs import submit_and_follow
     from schemas.vidb import VidbAuditSpec
     from workers.jobs.kinds import vidb_audit as kind
@@ -297,12 +299,11 @@ def vidb_audit(value, panel, min_weird, margin, items_per_chunk, wait, local_wor
     judges = [_judge(j.strip()) for j in panel.split(",") if j.strip()]
     if not judges:
         raise click.BadParameter("name at least one judge", param_hint="--panel")
-    twice = sorted({j for j in judges if judges.count(j) > 1})
-    if twice:
-        raise click.BadParameter(f"judge {twice[0]!r} is named twice", param_hint="--panel")
-    if min_weird > len(judges):
-        raise click.BadParameter(f"{min_weird} votes cannot come from {len(judges)} judge(s)", param_hint="--min-weird")
-    spec = VidbAuditSpec(value=key, panel=judges, min_weird=min_weird, margin=margin, items_per_chunk=items_per_chunk)
+    try:  # the spec checks the panel: no judge twice, --min-weird no larger than the panel
+        spec = VidbAuditSpec(value=key, panel=judges, min_weird=min_weird, margin=margin,
+                             items_per_chunk=items_per_chunk)
+    except ValidationError as exc:
+        raise click.UsageError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
     async def summary(store, job_id, spec):
         if (await store.job(job_id))["state"] != "done":

@@ -78,13 +78,12 @@ class FinalizeContext:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    queue: Callable[[BaseModel], str]  # spec → queue name
+    # (spec, chunk number) → queue name; most stages route by the spec alone, an audit's vote stage by
+    # the chunk's judge
+    queue: Callable[[BaseModel, int], str]
     run: Callable[[StageContext], Awaitable[None]]  # idempotent: may run again after a redelivery
     # called instead of ``run`` once the chunk was delivered more than the limit; None fails the chunk
     give_up: Callable[[StageContext, str], Awaitable[None]] | None = None
-    # (spec, chunk_no) → queue name, for a stage whose chunks wait on different queues (an audit's
-    # judge panel: each chunk is one judge's); when set it decides instead of ``queue``
-    chunk_queue: Callable[[BaseModel, int], str] | None = None
 
 
 ExportRows = Callable[[Store, str], AsyncIterator[list[dict]]]
@@ -110,5 +109,4 @@ class JobKind:
         return self.spec_model.model_validate(spec)
 
     def queue_of(self, stage: int, spec: BaseModel, chunk_no: int) -> str:
-        st = self.stages[stage]
-        return st.chunk_queue(spec, chunk_no) if st.chunk_queue is not None else st.queue(spec)
+        return self.stages[stage].queue(spec, chunk_no)

@@ -179,21 +179,13 @@ async def store_votes(pool, audit_id: str, judge: str, items: Sequence, votes: S
     return len(got)
 
 
-async def reset_unanswered(conn, job_id: str) -> list[int]:
-    """Chunks of an audit job with an item that its judge left without a vote (an API error or an
-    unreadable answer): ``jobs resume --retry-failed`` runs them again (the kind's
-    ``reset_failed_items``); what they stored is replaced, so each vote stays stored once. An item a
-    ranking judge could not bracket (no neighbour on either side) counts too and simply stays
-    without a vote."""
-    from schemas.vidb import VidbAuditSpec
-
-    spec = VidbAuditSpec.model_validate_json((await conn.fetchval("SELECT spec::text FROM jobs WHERE id = $1", job_id)))
-    items = await conn.fetch("SELECT item_no, item_id FROM vidb_audit_items WHERE job_id = $1", job_id)
+async def unvoted(conn, audit_id: str, panel: Sequence[str]) -> list[tuple[int, int]]:
+    """(item_no, index of the judge in ``panel``) of every audited item a judge left without a vote
+    (an API error, an unreadable answer, or an item a ranking judge could not bracket)."""
+    items = await conn.fetch("SELECT item_no, item_id FROM vidb_audit_items WHERE job_id = $1", audit_id)
     voted = {(r["judge"], r["item_id"]) for r in
-             await conn.fetch("SELECT judge, item_id FROM vidb_votes WHERE audit_id = $1", job_id)}
-    n = len(spec.panel)
-    return sorted({(r["item_no"] // spec.items_per_chunk) * n + j for r in items
-                   for j, judge in enumerate(spec.panel) if (judge, r["item_id"]) not in voted})
+             await conn.fetch("SELECT judge, item_id FROM vidb_votes WHERE audit_id = $1", audit_id)}
+    return [(r["item_no"], j) for r in items for j, judge in enumerate(panel) if (judge, r["item_id"]) not in voted]
 
 
 async def apply_flags(conn, value: str, audit_id: str, min_weird: int) -> list[int]:

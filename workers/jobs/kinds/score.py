@@ -262,7 +262,7 @@ async def export_rows(store: Store, job_id: str) -> AsyncIterator[list[dict]]:
         yield rows
 
 
-def judge_queue(spec: ScoreJobSpec) -> str:
+def judge_queue(spec: ScoreJobSpec, chunk_no: int = 0) -> str:
     return get_judge_config(spec.judge).queue
 
 
@@ -270,7 +270,7 @@ KIND = JobKind(
     name="score",
     spec_model=ScoreJobSpec,
     stages=(Stage("judge", judge_queue, judge_windows, give_up_windows),
-            Stage("score", lambda spec: "refit", score_stage)),
+            Stage("score", lambda spec, chunk_no: "refit", score_stage)),
     finalize=finalize,
     window_stage=0,
     export_columns=EXPORT_COLUMNS,

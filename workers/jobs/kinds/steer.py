@@ -131,7 +131,7 @@ async def export_rows(store: Store, job_id: str) -> AsyncIterator[list[dict]]:
     yield [{"id": f"g{r['gen_no']}", **{c: r[c] for c in EXPORT_COLUMNS if c != "id"}} for r in rows]
 
 
-def model_queue(spec: SteerJobSpec) -> str:
+def model_queue(spec: SteerJobSpec, chunk_no: int = 0) -> str:
     return get_model_config(spec.model).queue
 
 
@@ -140,7 +140,7 @@ KIND = JobKind(
     spec_model=SteerJobSpec,
     stages=(Stage("generate", model_queue, generate_stage),
             Stage("judge", score.judge_queue, judge_windows, give_up_windows),
-            Stage("score", lambda spec: "refit", score.score_stage)),
+            Stage("score", lambda spec, chunk_no: "refit", score.score_stage)),
     finalize=score.finalize,
     window_stage=1,
     reset_failed_items=db.reset_failed_generations,

@@ -269,7 +269,7 @@ async def export_rows(store: Store, job_id: str) -> AsyncIterator[list[dict]]:
             yield rows
 
 
-def judge_queue(spec: StudySpec) -> str:
+def judge_queue(spec: StudySpec, chunk_no: int = 0) -> str:
     return score_kind.judge_queue(spec)  # type: ignore[arg-type]
 
 
@@ -278,7 +278,7 @@ KIND = JobKind(
     spec_model=StudySpec,
     stages=(Stage("rate", judge_queue, rate_stage, give_up_ratings),
             Stage("rank", judge_queue, rank_stage, give_up_windows),
-            Stage("score", lambda spec: "refit", score_kind.score_stage)),
+            Stage("score", lambda spec, chunk_no: "refit", score_kind.score_stage)),
     finalize=finalize,
     window_stage=1,
     export_columns=EXPORT_COLUMNS,

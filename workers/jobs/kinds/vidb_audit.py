@@ -32,9 +32,14 @@ EXPORT_COLUMNS = ("item_id", "value", "text", "intensity", "votes", "implausible
 
 
 def chunk_judge(spec: VidbAuditSpec, chunk_no: int) -> tuple[str, int]:
-    """(the chunk's judge, the index of its first item)."""
+    """(the chunk's judge, the index of its first item); the inverse of :func:`chunk_of`."""
     n = len(spec.panel)
     return spec.panel[chunk_no % n], (chunk_no // n) * spec.items_per_chunk
+
+
+def chunk_of(spec: VidbAuditSpec, item_no: int, judge_index: int) -> int:
+    """The chunk holding judge ``judge_index``'s vote on item ``item_no``."""
+    return (item_no // spec.items_per_chunk) * len(spec.panel) + judge_index
 
 
 def chunk_queue(spec: VidbAuditSpec, chunk_no: int) -> str:
@@ -46,7 +51,7 @@ def planner(spec: VidbAuditSpec):
         n = await A.snapshot_items(store.pool, job_id, spec.value)
         if n == 0:
             raise ValueError(f"value {spec.value!r} has no VIDB items to audit")
-        n_chunks = -(-n // spec.items_per_chunk) * len(spec.panel)
+        n_chunks = chunk_of(spec, n - 1, len(spec.panel) - 1) + 1
         await store.stage_windows(job_id, [], [(c, chunk_queue(spec, c)) for c in range(n_chunks)])
         return n, 0, n_chunks
 
@@ -87,6 +92,14 @@ async def finalize(ctx: FinalizeContext) -> None:
     await A.apply_flags(ctx.conn, spec.value, ctx.job["id"], spec.min_weird)
 
 
+async def reset_unanswered(conn, job_id: str) -> list[int]:
+    """Chunks with an item their judge left without a vote: ``jobs resume --retry-failed`` runs them
+    again (they replace what they stored, so each vote stays stored once). An item a ranking judge
+    could not bracket counts too and simply stays without a vote."""
+    spec = VidbAuditSpec.model_validate_json(await conn.fetchval("SELECT spec::text FROM jobs WHERE id = $1", job_id))
+    return sorted({chunk_of(spec, item_no, j) for item_no, j in await A.unvoted(conn, job_id, spec.panel)})
+
+
 async def _job(store: Store, job_id: str):
     job = await store.job(job_id)
     if job is None:
@@ -107,9 +120,9 @@ async def status_counts(store: Store, job_id: str) -> dict[str, dict[str, int]]:
 KIND = JobKind(
     name="vidb-audit",
     spec_model=VidbAuditSpec,
-    stages=(Stage("vote", lambda spec: chunk_queue(spec, 0), vote_stage, chunk_queue=chunk_queue),),
+    stages=(Stage("vote", chunk_queue, vote_stage),),
     finalize=finalize,
-    reset_failed_items=A.reset_unanswered,
+    reset_failed_items=reset_unanswered,
     status_counts=status_counts,
     export_columns=EXPORT_COLUMNS,
     export_rows=export_rows,

@@ -38,7 +38,7 @@ def queue_of_judge(name: str) -> str:
     return get_judge_config(name).queue
 
 
-def judge_queue(spec) -> str:
+def judge_queue(spec, chunk_no: int = 0) -> str:
     return queue_of_judge(spec.judge)
 
 
