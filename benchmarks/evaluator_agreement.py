@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from schemas.seed import seed_vidb  # noqa: E402
 from schemas.taxonomy import STEERABLE, default_taxonomy  # noqa: E402
+from workers.stats.agreement import pair_counts  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "valueflow-data" / "vidb-sample"
 TARGETS = {"pairwise_accuracy": 0.70, "sign_accuracy": 0.72}
@@ -101,24 +102,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic) if len(a) > 2 else math.nan
 
 
-def pair_counts(score: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
-    """(concordant pairs + ½ tied scores, pairs with different reference) among one value's texts."""
-    dr = np.sign(ref[:, None] - ref[None, :])
-    ds = np.sign(score[:, None] - score[None, :])
-    m = np.triu(dr != 0, k=1)
-    return float(((dr * ds)[m] + 1).sum() / 2), int(m.sum())
-
-
 def summarise(recs: list[dict]) -> dict:
     """Figures over records {value, ref, score (None = unscored)}."""
     scored = [r for r in recs if r["score"] is not None]
     s = np.array([r["score"] for r in scored], float)
     y = np.array([r["ref"] for r in scored], float)
-    conc = pairs = 0.0
-    for v in dict.fromkeys(r["value"] for r in scored):
-        idx = [i for i, r in enumerate(scored) if r["value"] == v]
-        c, n = pair_counts(s[idx], y[idx])
-        conc, pairs = conc + c, pairs + n
+    conc, pairs = pair_counts(s, y, [r["value"] for r in scored])  # pairs within a value
     signed = y != 0
     return {"texts": len(recs), "scored": len(scored), "unscored": len(recs) - len(scored),
             "spearman": spearman(s, y), "pairwise_accuracy": conc / pairs if pairs else math.nan, "pairs": int(pairs),

@@ -33,6 +33,8 @@ from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
+from workers.stats.agreement import pair_counts
+
 INF = math.inf
 DEFAULT_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, INF)
 
@@ -138,14 +140,10 @@ def stratified_folds(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> n
 
 
 def pairwise_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    r"""Share of pairs with :math:`y_i \ne y_j` ordered the same way by ``pred`` (ties count ½)."""
-    pred, y = np.asarray(pred, float), np.asarray(y, float)
-    dy = np.sign(y[:, None] - y[None, :])
-    dp = np.sign(pred[:, None] - pred[None, :])
-    m = np.triu(dy != 0, k=1)
-    if not m.any():
-        return math.nan
-    return float(((dy * dp)[m] + 1).sum() / 2 / m.sum())
+    r"""Share of pairs with :math:`y_i \ne y_j` ordered the same way by ``pred`` (ties count ½;
+    :mod:`workers.stats.agreement`); NaN when no pair differs."""
+    conc, pairs = pair_counts(pred, y)
+    return conc / pairs if pairs else math.nan
 
 
 @dataclass

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from workers.stats.agreement import pair_counts
+
 METRICS = ("mean_variance", "max_range", "sign_flip_rate", "prompt_sensitivity", "seed_sensitivity",
            "sign_accuracy", "pairwise_accuracy", "unscored_share")
 
@@ -101,23 +103,6 @@ def sign_accuracy(score: np.ndarray, ref: np.ndarray) -> float | None:
     score, ref = np.asarray(score, float), np.asarray(ref, float)
     m = np.isfinite(score) & (ref != 0)
     return float((np.sign(score[m]) == np.sign(ref[m])).mean()) if m.any() else None
-
-
-def pair_counts(score: np.ndarray, ref: np.ndarray, group: np.ndarray) -> tuple[float, int]:
-    """(concordant pairs, ties counted ½; pairs) over pairs of the same group with different
-    reference and both scores finite."""
-    score, ref, group = np.asarray(score, float), np.asarray(ref, float), np.asarray(group)
-    conc, pairs = 0.0, 0
-    for g in np.unique(group):
-        m = (group == g) & np.isfinite(score)
-        s, y = score[m], ref[m]
-        i, j = np.triu_indices(len(s), 1)
-        dy = np.sign(y[i] - y[j])
-        ds = np.sign(s[i] - s[j])
-        use = dy != 0
-        conc += float((ds[use] == dy[use]).sum() + 0.5 * (ds[use] == 0).sum())
-        pairs += int(use.sum())
-    return conc, pairs
 
 
 def pairwise_accuracy(score: np.ndarray, ref: np.ndarray, group: np.ndarray) -> float | None:
