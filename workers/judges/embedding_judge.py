@@ -121,8 +121,8 @@ class EmbeddingJudge(Judge):
         if encoder is None and config.features == "lm":
             from workers.judges.lm_features import LMFeatureEncoder
 
-            encoder = LMFeatureEncoder(config.lm_model, tuple(config.lm_layers), config.device,
-                                       Encoder(config.encoder, device=config.device), config.batch_size)
+            encoder = LMFeatureEncoder(Encoder(config.encoder, device=config.device), config.lm_model,
+                                       tuple(config.lm_layers), config.device, config.batch_size)
         self.encoder = encoder or Encoder(config.encoder, device=config.device)
         # value-conditioned features (LMFeatureEncoder): embedded per (value, text), columns z-scored
         self.conditioned = bool(getattr(self.encoder, "conditioned", False))

@@ -47,8 +47,8 @@ class LMFeatureEncoder:
 
     conditioned = True
 
-    def __init__(self, model: str = "", layers: tuple[int, ...] = (18, 24), device: str | None = None,
-                 sentence_encoder=None, batch_size: int = 16, max_length: int = 512, home: Path | None = None):
+    def __init__(self, sentence_encoder, model: str = "", layers: tuple[int, ...] = (18, 24), device: str | None = None,
+                 batch_size: int = 16, max_length: int = 512, home: Path | None = None):
         from workers.judges.local_llm import load_for_batches
 
         self.device, self.tokenizer, self.lm = load_for_batches(model, device, home)
@@ -58,18 +58,12 @@ class LMFeatureEncoder:
             raise ValueError(f"lm_layers {list(layers)}: the model has layers 0..{n}")
         self.layers = tuple(layers)
         self.batch_size, self.max_length = batch_size, max_length
-        if sentence_encoder is None:
-            from workers.hives.encoder import Encoder
-
-            sentence_encoder = Encoder(None, device=device)
-        self.sentence = sentence_encoder
+        self.sentence = sentence_encoder  # workers.hives.encoder.Encoder: the text's own embedding
         self._lock = threading.Lock()  # one forward pass at a time per model
 
     def encode(self, texts: list[str], value: str) -> np.ndarray:
         import torch
 
-        if not texts:
-            return np.zeros((0, 0))
         out = []
         with self._lock, torch.no_grad():
             for s in range(0, len(texts), self.batch_size):

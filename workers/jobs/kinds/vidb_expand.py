@@ -74,13 +74,10 @@ def _update(logp: np.ndarray, grid: np.ndarray, target_pos: int, ranking: list[i
             others_se: list[float]) -> np.ndarray:
     """Add one judged window to a text's log posterior (``others_u`` and their standard errors
     ``others_se`` in shown order, target skipped)."""
-    shown, shown_se = list(others_u), list(others_se)
-    shown.insert(target_pos, np.nan)
-    shown_se.insert(target_pos, np.nan)
-    pos = ranking.index(target_pos)
-    others = [shown[p] for p in ranking if p != target_pos]
-    se = [shown_se[p] for p in ranking if p != target_pos]
-    return logp + S.window_loglik(grid, pos, np.array(others), np.array(se))
+    # the others in rank order: shown position p is index p - 1 of others_u once past the target
+    rest = [p - (p > target_pos) for p in ranking if p != target_pos]
+    return logp + S.window_loglik(grid, ranking.index(target_pos), np.asarray(others_u, dtype=float)[rest],
+                                  np.asarray(others_se, dtype=float)[rest])
 
 
 def _se(se_of_item: dict, anchor_ids) -> list[float]:
