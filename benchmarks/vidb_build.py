@@ -21,7 +21,8 @@ texts (0.842); every figure depends on β, so README reports β = 1 too). Figure
   with its error against the cold optimum; the expansion figure also prints the oracle bound
   (:func:`workers.vidb.search.oracle_window_ratio`);
 * through the queue: a build job of ``--queue-comparisons`` pairwise windows run by 2 worker
-  processes on real PostgreSQL and Redis vs the same windows judged and fitted in this process.
+  processes on real PostgreSQL and Redis (timed from submit, once both workers answer a ping) vs
+  the same windows judged and fitted in this process; best of 2 queued and 3 in-process runs.
 
 The last line printed is one JSON object with the figures, the targets and whether each is met.
 Servers for the queue part: ``VALUEFLOW_DATABASE_URL`` / ``VALUEFLOW_BROKER_URL`` (a scratch
@@ -45,11 +46,13 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workers.infra.perf import tune_malloc  # noqa: E402
 from workers.stats import plackett_luce as pl  # noqa: E402
 from workers.vidb import search as S  # noqa: E402
 from workers.vidb.design import balanced_design  # noqa: E402
 
 PRIOR = 0.1
+tune_malloc()  # the allocator settings every worker runs with, so in-process and queued fits compare
 
 
 def answer_pairs(rng, theta, pairs, beta):
@@ -144,7 +147,7 @@ def warm_refit(n=10_000, per_item=20, n_new=200, rounds=16, seed=2, repeats=3):
     old, old_se = prev.utilities, pl.standard_errors(prev)
     est, opps = expand_sim(old, theta[n:], rounds, 1.0, True, seed, pool_se=old_se, pool_true=theta[:n])
     extra = np.array([[n + i, j] if won else [j, n + i] for i, j, won in opps])
-    rows = list(np.concatenate([base, extra]))
+    rows = np.concatenate([base, extra])  # one 2-D array, as rank_rows gives the refit
     init = np.concatenate([old, est[-1]])  # new texts start at their search estimates
     t_cold = t_warm = np.inf
     for _ in range(repeats):  # best of `repeats`, alternating: the machine is shared
@@ -225,6 +228,15 @@ def inprocess_rate(n_texts, per_text, refs, beta):
     return len(rows) / (time.perf_counter() - t0), len(rows)
 
 
+async def workers_ready(app, n: int, timeout_s: float = 120.0) -> None:
+    """Wait until n workers answer a ping (they are started, their job kinds imported)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(await asyncio.to_thread(app.control.ping, timeout=1.0)) >= n:
+            return
+    raise SystemExit(f"{n} workers did not start within {timeout_s:.0f} s")
+
+
 async def queue_rate(n_texts, per_text, refs, beta, n_workers):
     import asyncpg
 
@@ -248,7 +260,7 @@ async def queue_rate(n_texts, per_text, refs, beta, n_workers):
         rows = [InputRow(i + 1, f"t{i}", tag(f"text {i}", t)) for i, t in enumerate(theta)]
         spec = VidbBuildSpec(input="bench", value="benevolence", judge=f"simulated:beta={beta}", per_text=per_text,
                              reference="bench-refs", chunk_size=1000)
-        await asyncio.sleep(5)  # workers up
+        await workers_ready(app_for(broker), n_workers)
         t0 = time.perf_counter()
         job = await J.submit(store, app_for(broker), vidb_build.KIND, spec, vidb_build.planner(spec, rows, refs))
         state = await J.wait(store, job, show=False, poll_s=0.5)
@@ -336,8 +348,10 @@ def main() -> None:
         per_text = 10
         n_texts = 2 * args.queue_comparisons // per_text  # pairwise: (n + refs)·r/2 windows
         refs = [(tag(f"reference {j}", u), float(np.clip(3 * u, -10, 10))) for j, u in enumerate(np.linspace(-3.5, 3.5, 20))]
-        a, n_in = inprocess_rate(n_texts, per_text, refs, beta)
-        state, b, n_q, wall, sp = asyncio.run(queue_rate(n_texts, per_text, refs, beta, args.workers))
+        # best of 3 in-process and best of 2 queued runs: this shared machine's speed varies by ±20 % run to run
+        a, n_in = max(inprocess_rate(n_texts, per_text, refs, beta) for _ in range(3))
+        state, b, n_q, wall, sp = max((asyncio.run(queue_rate(n_texts, per_text, refs, beta, args.workers))
+                                       for _ in range(2)), key=lambda r: (r[0] == "done", r[1]))
         out["queue"] = {"comparisons": n_q, "state": state, "wall_s": round(wall, 1), "queue_per_s": round(b, 1),
                         "inprocess_per_s": round(a, 1), "ratio": round(b / a, 3), "spearman": sp}
         print(f"through the queue ({args.workers} workers): {n_q} comparisons in {wall:.1f} s = {b:.0f}/s; "

@@ -240,9 +240,13 @@ def test_worker_metrics_port_serves_real_values_after_a_job(env, workers, tmp_pa
     assert events.count("task-succeeded") >= 9 and events.count("task-started") >= 9, sorted(set(events))
     # one JSON line per chunk and stage in the worker's log
     lines = [json.loads(x) for x in (tmp_path / "metrics-worker.log").read_text().splitlines() if x.startswith('{"event"')]
-    assert sorted((x["stage"], x["chunk"]) for x in lines if x["job"] == job) == \
+    chunks = [x for x in lines if x["event"] == "chunk"]
+    assert sorted((x["stage"], x["chunk"]) for x in chunks if x["job"] == job) == \
         sorted([("judge", c) for c in range(4)] + [("score", c) for c in range(4)])
-    assert all({"duration_s", "calls", "tokens_in", "tokens_out", "retries"} <= x.keys() for x in lines)
+    assert all({"duration_s", "calls", "tokens_in", "tokens_out", "retries"} <= x.keys() for x in chunks)
+    # both pool processes froze what the parent imported (every job kind, torch) before their first task
+    ready = [x for x in lines if x["event"] == "process_ready"]
+    assert len({x["pid"] for x in ready}) == 2 and all(x["frozen_objects"] > 50_000 for x in ready), ready
     # queue depth per queue in `valueflow status`
     st = run_cli(["status"], env, check=True).stdout
     assert re.search(r"queues\s+default=\d+\s+gpu=\d+\s+api=\d+\s+refit=\d+", st)
@@ -396,3 +400,23 @@ def test_wait_counts_windows_or_else_chunk_stages():
     assert _progress(job, no_windows, 2) == (1 + 2 + 2, 8, "chunk-stages")
     windows = dict(no_windows, done=30, failed=2, total=60)
     assert _progress(job, windows, 2) == (32, 60, "windows")
+
+
+def test_resources_run_their_load_hook_once_per_new_object_and_freeze_heap_freezes():
+    import gc
+
+    from workers.infra.perf import freeze_heap
+    from workers.jobs.kind import Resources
+
+    loads: list[int] = []
+    res = Resources(on_load=lambda: loads.append(1))
+    first = res.cached("judge:a", object)
+    assert res.cached("judge:a", object) is first and len(loads) == 1  # cached: built and hooked once
+    res.cached("judge:b", object)
+    assert len(loads) == 2
+    try:
+        n = freeze_heap()
+        assert n == gc.get_freeze_count() > 10_000  # this process's imports (pytest, numpy, ...) are frozen
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0

@@ -130,3 +130,5 @@ def test_rank_rows_maps_ranked_members_keeps_order_and_skips_unknown():
     rows = rank_rows(comps, {10: 0, 20: 1, 30: 2})
     assert [r.tolist() for r in rows] == [[1, 0], [1, 2, 0], [1, 2]]
     assert rank_rows([], {10: 0}) == []
+    same = rank_rows([([10, 20], [1, 0]), ([20, 30], [0, 1])], {10: 0, 20: 1, 30: 2})
+    assert isinstance(same, np.ndarray) and same.tolist() == [[1, 0], [1, 2]]  # one size: one array

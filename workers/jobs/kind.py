@@ -25,12 +25,15 @@ class JobFailure(Exception):
 class Resources:
     """Expensive per-process objects (judges, models) built once and reused across tasks."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_load: Callable[[], Any] | None = None) -> None:
         self._cache: dict[str, Any] = {}
+        self._on_load = on_load  # run after each new object is built (a worker freezes its heap)
 
     def cached(self, key: str, factory: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = factory()
+            if self._on_load is not None:
+                self._on_load()
         return self._cache[key]
 
     def clear(self) -> None:

@@ -41,10 +41,13 @@ class JobsMixin:
                 records=[(job_id, no, ext, tid) for (no, ext, _), tid in zip(items, text_ids)])
         return text_ids
 
-    async def stage_windows(self, job_id: str, windows: Sequence[tuple], chunks: Sequence[tuple[int, str]]) -> None:
-        """Store planned windows (tuples in :data:`WINDOW_COLUMNS` order, without job_id) and chunks."""
+    async def stage_windows(self, job_id: str, windows: Sequence[tuple], chunks: Sequence[tuple[int, str]],
+                            columns: Sequence[str] = WINDOW_COLUMNS[1:]) -> None:
+        """Store planned windows (tuples in ``columns`` order: by default :data:`WINDOW_COLUMNS` without
+        job_id; a kind whose windows leave the other columns at their defaults names fewer, which
+        halves the COPY) and chunks."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.copy_records_to_table("windows", columns=WINDOW_COLUMNS,
+            await conn.copy_records_to_table("windows", columns=["job_id", *columns],
                                              records=[(job_id, *w) for w in windows])
             await conn.copy_records_to_table("chunks", columns=["job_id", "chunk_no", "queue"],
                                              records=[(job_id, c, q) for c, q in chunks])

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a worker, and the one JSON log line per chunk.
+"""Prometheus metrics of a worker, and its JSON log lines (one per chunk and stage, one per ready process).
 
 ``valueflow worker --metrics-port N`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder
 before any worker process starts, so every prefork child records into it, and serves the merged
@@ -54,6 +54,11 @@ def observe_stage(kind: str, stage: str, job_id: str, chunk_no: int, outcome: st
         "duration_s": round(seconds, 4), "calls": report.calls, "tokens_in": report.tokens_in,
         "tokens_out": report.tokens_out, "retries": report.retries, "done": report.done, "failed": report.failed,
         "pid": os.getpid()}))
+
+
+def log_process_ready(frozen_objects: int) -> None:
+    """One JSON line when a worker process is ready to take tasks, with the objects it froze."""
+    chunk_log.info(json.dumps({"event": "process_ready", "pid": os.getpid(), "frozen_objects": frozen_objects}))
 
 
 def serve(port: int) -> None:

@@ -13,7 +13,7 @@ from typing import Awaitable, TypeVar
 
 from celery import signals
 
-from workers.infra.perf import tune_malloc
+from workers.infra.perf import freeze_heap, tune_malloc
 from workers.jobs.kind import Resources
 from workers.store import Store, open_store
 
@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 _loop: asyncio.AbstractEventLoop | None = None
 _store: Store | None = None
-resources = Resources()
+resources = Resources(on_load=freeze_heap)  # a loaded model lives as long as the process: keep the collector off it
 
 
 def reset() -> None:
@@ -59,9 +59,24 @@ def store() -> Store:
     return _store
 
 
+@signals.worker_init.connect
+def _parent_started(**_) -> None:
+    """Import every job kind once in the worker's parent, before it forks its children (or runs
+    tasks itself, with ``--pool solo``), so no task pays for the import; then freeze the heap,
+    which the children inherit (the collector then never touches those pages: no copy-on-write)."""
+    from workers.jobs.registry import KIND_MODULES, get_kind
+
+    for name in KIND_MODULES:
+        get_kind(name)
+    freeze_heap()
+
+
 @signals.worker_process_init.connect
 def _child_started(**_) -> None:
+    from workers.tasks.metrics import log_process_ready
+
     reset()
+    log_process_ready(freeze_heap())  # what the parent imported lives as long as the child
 
 
 @signals.worker_process_shutdown.connect

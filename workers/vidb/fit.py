@@ -20,10 +20,12 @@ from workers.stats import plackett_luce as pl
 from workers.stats.calibration import HIGH, LOW, fit_isotonic
 
 
-def rank_rows(comparisons: Iterable[tuple[Sequence[int], Sequence[int]]], index: dict[int, int]) -> list[np.ndarray]:
+def rank_rows(comparisons: Iterable[tuple[Sequence[int], Sequence[int]]],
+              index: dict[int, int]) -> np.ndarray | list[np.ndarray]:
     """Comparisons (members as text ids in shown order, ranking = positions, best first) → rows of
     item indices in rank order: row = index[members[ranking]]. Comparisons with a member outside
-    ``index`` are skipped. Vectorised per window size (a refit reads 10⁵ comparisons)."""
+    ``index`` are skipped. Vectorised per window size (a refit reads 10⁵ comparisons); when every
+    window has one size (a pairwise build) the rows come as one 2-D array, which the fit takes as is."""
     comps = list(comparisons)
     if not comps or not index:
         return []
@@ -43,7 +45,7 @@ def rank_rows(comparisons: Iterable[tuple[Sequence[int], Sequence[int]]], index:
         ok = (keys[at] == ranked).all(axis=1)
         out.append((np.asarray(pos)[ok], vals[at][ok]))
     if len(out) == 1:
-        return list(out[0][1])
+        return out[0][1]
     rows = [r for _, block in out for r in block]
     return [rows[i] for i in np.argsort(np.concatenate([c for c, _ in out]), kind="stable")]
 
@@ -85,7 +87,7 @@ def local_refit(data: pl.Observations, init: np.ndarray, changed: np.ndarray, pr
     return pl.fit(data.n_items, sub, weights=w, prior=prior, init=init, free=free, tol=1e-4)
 
 
-def fit_utilities(n: int, rows: list[np.ndarray], prior: float, init: np.ndarray | None = None,
+def fit_utilities(n: int, rows: np.ndarray | list[np.ndarray], prior: float, init: np.ndarray | None = None,
                   changed: np.ndarray | None = None, max_iter: int = 100) -> ValueFit:
     """MAP utilities and standard errors of n items from rank rows (see the module docstring).
 
@@ -95,9 +97,11 @@ def fit_utilities(n: int, rows: list[np.ndarray], prior: float, init: np.ndarray
     tolerance as a cold fit, so the result is the same optimum. ``max_iter`` caps the full fit's
     Newton steps (benchmarks: what a budget of a few steps costs in accuracy; jobs keep the default).
     """
-    if not rows:
+    if len(rows) == 0:
         raise ValueError("no comparisons to fit")
-    data = pl.prepare(n, np.stack(rows) if len({len(r) for r in rows}) == 1 else rows)
+    if not isinstance(rows, np.ndarray) and len({len(r) for r in rows}) == 1:
+        rows = np.stack(rows)
+    data = pl.prepare(n, rows)
     block_iter = 0
     if init is not None and changed is not None and len(changed) and prior > 0:
         loc = local_refit(data, np.asarray(init, dtype=float), changed, prior)

@@ -106,13 +106,15 @@ def planner(spec: VidbBuildSpec, rows: list[InputRow], references: list[tuple[st
         text_ids = await store.stage_items(job_id, [(i, r.ext_id, r.text) for i, r in enumerate(rows)])
         universe = list(text_ids) + [t for t, _, _ in refs]
         design = balanced_design(len(universe), spec.k, spec.per_text, np.random.default_rng(spec.seed))
-        windows = [(w, w // spec.chunk_size, spec.value, None, [int(universe[i]) for i in members], None, [], [],
-                    spec.seed) for w, members in enumerate(design)]
+        ids = np.asarray(universe, dtype=np.int64)
+        windows = [(w, w // spec.chunk_size, spec.value, ids[members].tolist(), spec.seed)
+                   for w, members in enumerate(design)]
         n_chunks = (len(windows) + spec.chunk_size - 1) // spec.chunk_size
         async with store.pool.acquire() as conn:
             await conn.copy_records_to_table("vidb_job_refs", columns=["job_id", "text_id", "intensity", "source"],
                                              records=[(job_id, t, float(x), s) for t, x, s in refs])
-        await store.stage_windows(job_id, windows, [(c, judge_queue(spec)) for c in range(n_chunks)])
+        await store.stage_windows(job_id, windows, [(c, judge_queue(spec)) for c in range(n_chunks)],
+                                  columns=("window_id", "chunk_no", "value", "members", "seed"))
         return len(rows), len(windows), n_chunks
 
     return plan
