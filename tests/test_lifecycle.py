@@ -244,9 +244,16 @@ def test_worker_metrics_port_serves_real_values_after_a_job(env, workers, tmp_pa
     assert sorted((x["stage"], x["chunk"]) for x in chunks if x["job"] == job) == \
         sorted([("judge", c) for c in range(4)] + [("score", c) for c in range(4)])
     assert all({"duration_s", "calls", "tokens_in", "tokens_out", "retries"} <= x.keys() for x in chunks)
-    # both pool processes froze what the parent imported (every job kind, torch) before their first task
+    # the parent imported every job kind and froze its heap before forking; both pool processes
+    # froze what they inherited (at least the parent's objects) before their first task
+    from workers.jobs.registry import KIND_MODULES
+
     ready = [x for x in lines if x["event"] == "process_ready"]
-    assert len({x["pid"] for x in ready}) == 2 and all(x["frozen_objects"] > 50_000 for x in ready), ready
+    parent = [x for x in ready if x["role"] == "parent"]
+    children = [x for x in ready if x["role"] == "child"]
+    assert len(parent) == 1 and parent[0]["kinds"] == sorted(KIND_MODULES), ready
+    assert len({x["pid"] for x in children}) == 2 and parent[0]["pid"] not in {x["pid"] for x in children}, ready
+    assert all(x["frozen_objects"] >= parent[0]["frozen_objects"] > 10_000 for x in children), ready
     # queue depth per queue in `valueflow status`
     st = run_cli(["status"], env, check=True).stdout
     assert re.search(r"queues\s+default=\d+\s+gpu=\d+\s+api=\d+\s+refit=\d+", st)
@@ -420,3 +427,19 @@ def test_resources_run_their_load_hook_once_per_new_object_and_freeze_heap_freez
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+    # a worker's model load freezes the heap once the task that loaded it has returned, not during it
+    from workers.tasks import runtime
+
+    async def task_loading_a_model():
+        runtime.resources.cached("test:model", object)
+        return gc.get_freeze_count()
+
+    try:
+        assert runtime.run(task_loading_a_model()) == 0
+        assert gc.get_freeze_count() > 10_000
+        assert runtime.run(task_loading_a_model()) == gc.get_freeze_count()  # cached: nothing new to freeze
+    finally:
+        gc.unfreeze()
+        runtime.loop().close()
+        runtime.reset()

@@ -111,6 +111,30 @@ def test_deflated_newton_solve_equals_the_dense_solve_and_beats_plain_cg():
     assert counts[prior] < counts[0.0]
 
 
+def test_fit_deflates_its_newton_solves_unless_coordinates_are_held(monkeypatch):
+    rng = np.random.default_rng(9)
+    theta = rng.normal(0, 0.5, 200)  # close utilities: every item wins and loses (the plain MLE exists)
+    data = sim_pairs(rng, theta, 8000)
+    seen = []
+    real = pl._pcg
+
+    def spy(*a, const_eig=0.0, **kw):
+        seen.append(const_eig)
+        return real(*a, const_eig=const_eig, **kw)
+
+    monkeypatch.setattr(pl, "_pcg", spy)
+    pl.fit(200, data, prior=0.1)
+    assert seen and set(seen) == {0.1}
+    seen.clear()
+    pl.fit(200, data)  # no prior: the constant direction is the null space, nothing to deflate
+    assert seen and set(seen) == {0.0}
+    seen.clear()
+    free = np.zeros(200, dtype=bool)
+    free[:20] = True
+    pl.fit(200, data, prior=0.1, init=np.zeros(200), free=free)  # held coordinates: H·1 ≠ λ·1 on the block
+    assert seen and set(seen) == {0.0}
+
+
 def test_disconnected_graph_is_reported_and_prior_makes_it_defined():
     data = np.array([[0, 1], [1, 0], [2, 3], [3, 2]])
     with pytest.raises(ValueError, match="disconnected into 2 components"):

@@ -119,6 +119,9 @@ def test_warm_refit_with_local_block_reaches_the_cold_optimum_in_fewer_full_step
     assert np.abs(warm.utility - cold.utility).max() < 1e-6
     assert np.abs(warm.stderr - cold.stderr).max() < 1e-6
     assert warm.block_iter >= 1 and warm.n_iter < plain.n_iter < cold.n_iter
+    # the rows as one 2-D array (what rank_rows gives a pairwise refit): the same fit
+    arr = fit_utilities(N, np.stack(rows), 0.1, init, changed=np.arange(n, N))
+    assert np.array_equal(arr.utility, warm.utility) and np.array_equal(arr.stderr, warm.stderr)
     # the local step alone already puts the new items close to the optimum
     loc = local_refit(pl.prepare(N, rows), init, np.arange(n, N), 0.1).utilities
     assert np.abs(loc[n:] - cold.utility[n:]).max() < 0.1 * np.abs(init[n:] - cold.utility[n:]).max()

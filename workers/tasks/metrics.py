@@ -56,9 +56,13 @@ def observe_stage(kind: str, stage: str, job_id: str, chunk_no: int, outcome: st
         "pid": os.getpid()}))
 
 
-def log_process_ready(frozen_objects: int) -> None:
-    """One JSON line when a worker process is ready to take tasks, with the objects it froze."""
-    chunk_log.info(json.dumps({"event": "process_ready", "pid": os.getpid(), "frozen_objects": frozen_objects}))
+def log_process_ready(frozen_objects: int, role: str, kinds: list[str] | None = None) -> None:
+    """One JSON line when a worker process is ready: the parent (with the job kinds it imported)
+    and each prefork child, with the objects it froze out of the collector's reach."""
+    line = {"event": "process_ready", "role": role, "pid": os.getpid(), "frozen_objects": frozen_objects}
+    if kinds is not None:
+        line["kinds"] = kinds
+    chunk_log.info(json.dumps(line))
 
 
 def serve(port: int) -> None:

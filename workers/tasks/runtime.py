@@ -27,7 +27,17 @@ T = TypeVar("T")
 
 _loop: asyncio.AbstractEventLoop | None = None
 _store: Store | None = None
-resources = Resources(on_load=freeze_heap)  # a loaded model lives as long as the process: keep the collector off it
+_freeze_due = False
+
+
+def _model_loaded() -> None:
+    """A loaded model lives as long as the process: freeze it out of the collector's reach, once
+    the task that loaded it has returned (so none of the task's own objects are frozen with it)."""
+    global _freeze_due
+    _freeze_due = True
+
+
+resources = Resources(on_load=_model_loaded)
 
 
 def reset() -> None:
@@ -46,7 +56,12 @@ def loop() -> asyncio.AbstractEventLoop:
 
 def run(coro: Awaitable[T]) -> T:
     """Run a coroutine on the process's loop (tasks are synchronous functions)."""
-    return loop().run_until_complete(coro)
+    global _freeze_due
+    out = loop().run_until_complete(coro)
+    if _freeze_due:
+        _freeze_due = False
+        freeze_heap()
+    return out
 
 
 def store() -> Store:
@@ -65,10 +80,11 @@ def _parent_started(**_) -> None:
     tasks itself, with ``--pool solo``), so no task pays for the import; then freeze the heap,
     which the children inherit (the collector then never touches those pages: no copy-on-write)."""
     from workers.jobs.registry import KIND_MODULES, get_kind
+    from workers.tasks.metrics import log_process_ready
 
     for name in KIND_MODULES:
         get_kind(name)
-    freeze_heap()
+    log_process_ready(freeze_heap(), kinds=sorted(KIND_MODULES), role="parent")
 
 
 @signals.worker_process_init.connect
@@ -76,7 +92,7 @@ def _child_started(**_) -> None:
     from workers.tasks.metrics import log_process_ready
 
     reset()
-    log_process_ready(freeze_heap())  # what the parent imported lives as long as the child
+    log_process_ready(freeze_heap(), role="child")  # what the parent imported lives as long as the child
 
 
 @signals.worker_process_shutdown.connect
