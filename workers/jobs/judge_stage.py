@@ -58,12 +58,7 @@ async def judge_windows(ctx: StageContext, judge_name: str | None = None) -> Non
                 done.append((w["window_id"], value, w["members"], r.order, key, tel))
             else:
                 failed.append((w["window_id"], r.failure or "unknown failure", failure_cause(r), tel))
-            if not r.cached:
-                ctx.report.calls += r.attempts
-                ctx.report.retries += max(0, r.attempts - 1)
-                ctx.report.latencies.append(r.latency_s)
-            ctx.report.tokens_in += r.tokens_in
-            ctx.report.tokens_out += r.tokens_out
+            ctx.report.count_answer(r.attempts, r.tokens_in, r.tokens_out, r.latency_s, r.cached)
     await store.record_rankings(job_id, judge.name, done, failed)
     ctx.report.done += len(done)
     ctx.report.failed += len(failed)

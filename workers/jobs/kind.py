@@ -52,6 +52,19 @@ class StageReport:
     failed: int = 0
     latencies: list[float] = field(default_factory=list)  # per call, seconds
 
+    def count_answer(self, attempts: int, tokens_in: int, tokens_out: int, latency_s: float | None,
+                     cached: bool = False) -> None:
+        """One judge or model answer: its tokens always; its calls, retries (attempts beyond the
+        first) and latency only when it was asked for, not served from the cache."""
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+        if cached:
+            return
+        self.calls += attempts
+        self.retries += max(0, attempts - 1)
+        if latency_s is not None:
+            self.latencies.append(latency_s)
+
     def add(self, other: "StageReport") -> None:
         for f in ("calls", "tokens_in", "tokens_out", "retries", "done", "failed"):
             setattr(self, f, getattr(self, f) + getattr(other, f))

@@ -83,11 +83,12 @@ def bracket(intensity: float, pool_x: np.ndarray, margin: float, exclude: int | 
 class Vote:
     plausible: bool | None  # None: the judge gave no usable answer (not counted, not stored)
     reason: str
-    calls: int = 0  # requests or judge calls made for it (cache hits excluded)
-    retries: int = 0
+    # the answer's telemetry (StageReport.count_answer)
+    attempts: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
     latency_s: float | None = None
+    cached: bool = False
 
 
 async def ranking_votes(judge, value: Value, items: Sequence, margin: float,
@@ -107,8 +108,8 @@ async def ranking_votes(judge, value: Value, items: Sequence, margin: float,
     ask = [n for n, w in enumerate(windows) if len(w) >= 2]
     rankings = await judge.rank_windows(value, [windows[n] for n in ask])
     for n, rk in zip(ask, rankings):
-        tel = dict(calls=0 if rk.cached else rk.attempts, retries=0 if rk.cached else max(0, rk.attempts - 1),
-                   tokens_in=rk.tokens_in, tokens_out=rk.tokens_out, latency_s=None if rk.cached else rk.latency_s)
+        tel = dict(attempts=rk.attempts, tokens_in=rk.tokens_in, tokens_out=rk.tokens_out, latency_s=rk.latency_s,
+                   cached=rk.cached)
         if rk.order is None:
             votes[n] = Vote(None, rk.failure or "no answer", **tel)
             continue
@@ -135,8 +136,7 @@ async def api_votes(client, value: Value, items: Sequence) -> list[Vote]:
     out = []
     for c in results:
         v = None if c.error else parse_verdict(c.text or "")
-        tel = dict(calls=c.attempts, retries=max(0, c.attempts - 1), tokens_in=c.tokens_in, tokens_out=c.tokens_out,
-                   latency_s=c.latency_s)
+        tel = dict(attempts=c.attempts, tokens_in=c.tokens_in, tokens_out=c.tokens_out, latency_s=c.latency_s)
         out.append(Vote(None, c.error or "unreadable answer", **tel) if v is None else Vote(*v, **tel))
     return out
 

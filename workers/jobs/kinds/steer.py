@@ -116,12 +116,7 @@ async def generate_stage(ctx: StageContext) -> None:
                 await db.store_response(ctx.store, job_id, gen_no, r.text, refusal, match,
                                         (r.tokens_in, r.tokens_out, r.latency_s, r.attempts, r.attempts == 0), worker)
                 ctx.report.done += 1
-                if r.attempts:
-                    ctx.report.calls += r.attempts
-                    ctx.report.retries += max(0, r.attempts - 1)
-                    ctx.report.latencies.append(r.latency_s)
-                ctx.report.tokens_in += r.tokens_in
-                ctx.report.tokens_out += r.tokens_out
+                ctx.report.count_answer(r.attempts, r.tokens_in, r.tokens_out, r.latency_s, cached=r.attempts == 0)
     await plan_chunk_windows(ctx)
 
 

@@ -138,11 +138,7 @@ async def rate_stage(ctx: StageContext) -> None:
         for it, r in zip(its, ratings):
             out.append((it["item_no"], r.intensity, r.raw, r.failure, r.latency_s, r.tokens_in, r.tokens_out,
                         r.attempts, r.cached))
-            if not r.cached:
-                ctx.report.calls += r.attempts
-                ctx.report.latencies.append(r.latency_s)
-            ctx.report.tokens_in += r.tokens_in
-            ctx.report.tokens_out += r.tokens_out
+            ctx.report.count_answer(r.attempts, r.tokens_in, r.tokens_out, r.latency_s, r.cached)
             ctx.report.done += r.intensity is not None
             ctx.report.failed += r.intensity is None
     await _store_ratings(ctx.store, job_id, out)

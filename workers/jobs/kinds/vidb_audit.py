@@ -74,16 +74,10 @@ async def vote_stage(ctx: StageContext) -> None:
         items = everything[lo:hi]
         votes = await A.ranking_votes(judge, value, everything, spec.margin, range(lo, lo + len(items)))
     stored = await A.store_votes(pool, job_id, name, items, votes)
-    r = ctx.report
-    r.done += stored
-    r.failed += len(votes) - stored
+    ctx.report.done += stored
+    ctx.report.failed += len(votes) - stored
     for v in votes:
-        r.calls += v.calls
-        r.retries += v.retries
-        r.tokens_in += v.tokens_in
-        r.tokens_out += v.tokens_out
-        if v.latency_s is not None:
-            r.latencies.append(v.latency_s)
+        ctx.report.count_answer(v.attempts, v.tokens_in, v.tokens_out, v.latency_s, v.cached)
 
 
 async def finalize(ctx: FinalizeContext) -> None:
