@@ -204,6 +204,46 @@ def test_api_generation_is_cached_capped_and_carries_the_seed(pg_url):
         asyncio.run(go())
 
 
+def test_api_generation_keeps_each_answer_before_its_slot_frees(pg_url):
+    """A killed worker loses at most ``concurrency`` answers: every answer is cached before its
+    request's slot is given to the next request, even when the cache write is slow."""
+    import asyncio
+
+    from tests.conftest import open_test_store
+    from workers.generation.api import APIGenerator
+    from workers.generation.config import ModelConfig
+
+    with ServerThread(delay=0.02) as srv:
+        async def go():
+            store = await open_test_store(pg_url)
+            gen = APIGenerator(ModelConfig(name="fake", kind="api", model="gen-level", base_url=srv.url,
+                                           concurrency=2), store)
+            cached, started, at_risk = [0], [0], []
+            put, post = store.cache_put, gen.client._post
+
+            async def slow_put(name, rows):
+                await asyncio.sleep(0.15)  # a slow database: answers arrive faster than they are kept
+                await put(name, rows)
+                cached[0] += len(rows)
+
+            async def counted_post(body):
+                at_risk.append(started[0] - cached[0])  # requests begun before this one whose answers are not kept
+                started[0] += 1
+                return await post(body)
+
+            store.cache_put, gen.client._post = slow_put, counted_post
+            try:
+                convs = [[{"role": "user", "content": f"question {i}"}] for i in range(12)]
+                out = await gen.generate(convs, list(range(12)))
+                assert all(r.text for r in out) and cached[0] == 12 and started[0] == 12
+                assert max(at_risk) == 1  # one other request in flight (concurrency 2), every finished one kept
+            finally:
+                await gen.aclose()
+                await store.close()
+
+        asyncio.run(go())
+
+
 def test_seeded_gumbel_max_draws_from_the_softmax():
     import torch
 

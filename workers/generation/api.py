@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from workers.generation.base import Generator
+from workers.generation.base import Generator, Keep
 from workers.generation.config import ModelConfig
 from workers.llm.client import ChatClient, ChatResult
 
@@ -15,9 +15,12 @@ class APIGenerator(Generator):
         super().__init__(config, store)
         self.client = ChatClient(config)
 
-    async def _stream(self, conversations: list[list[dict]], seeds: list[int]) -> AsyncIterator[list[tuple[int, ChatResult]]]:
+    async def _stream(self, conversations: list[list[dict]], seeds: list[int],
+                      keep: Keep) -> AsyncIterator[list[tuple[int, ChatResult]]]:
         async def one(i: int) -> tuple[int, ChatResult]:
-            return i, await self.client.chat(conversations[i], self.config.temperature, self.config.max_tokens, seeds[i])
+            r = await self.client.chat(conversations[i], self.config.temperature, self.config.max_tokens, seeds[i],
+                                       on_answer=lambda ans: keep([(i, ans)]))
+            return i, r
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(len(conversations))]
         try:

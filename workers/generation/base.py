@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from workers.generation.config import ModelConfig
 from workers.judges.prompts import cache_key
 from workers.llm.client import ChatResult
 
 _WORD = re.compile(r"\S+")
+Keep = Callable[[list[tuple[int, ChatResult]]], Awaitable[None]]
 
 
 def cap_words(text: str, max_words: int) -> str:
@@ -43,8 +44,12 @@ class Generator(ABC):
         return {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens, "kind": "generate"}
 
     @abstractmethod
-    def _stream(self, conversations: list[list[dict]], seeds: list[int]) -> AsyncIterator[list[tuple[int, ChatResult]]]:
-        """Yield (index, result) groups as they finish; every index exactly once."""
+    def _stream(self, conversations: list[list[dict]], seeds: list[int],
+                keep: Keep) -> AsyncIterator[list[tuple[int, ChatResult]]]:
+        """Yield (index, result) groups as they finish; every index exactly once. Every answer is
+        passed to ``keep`` (caps it, caches it) before it is yielded; an API model awaits ``keep``
+        while the answer's concurrency slot is still held, so a killed worker loses at most
+        ``concurrency`` requests' answers."""
 
     async def stream(self, conversations: list[list[dict]], seeds: list[int]) -> AsyncIterator[list[tuple[int, ChatResult]]]:
         """Cached answers first (``attempts`` = 0), then fresh ones as they finish, capped to
@@ -58,18 +63,19 @@ class Generator(ABC):
         todo = [i for i, k in enumerate(keys) if k not in hits]
         if not todo:
             return
-        async for group in self._stream([conversations[i] for i in todo], [seeds[i] for i in todo]):
-            out = []
-            for j, r in group:
+
+        async def keep(group: list[tuple[int, ChatResult]]) -> None:
+            for _, r in group:
                 if r.text is not None:
                     r.text = cap_words(r.text, self.config.max_words)
-                out.append((todo[j], r))
-            self.calls += sum(r.attempts for _, r in out)
-            fresh = {keys[i]: {"text": r.text, "tokens_in": r.tokens_in, "tokens_out": r.tokens_out}
-                     for i, r in out if r.error is None and r.text is not None}
+            fresh = {keys[todo[j]]: {"text": r.text, "tokens_in": r.tokens_in, "tokens_out": r.tokens_out}
+                     for j, r in group if r.error is None and r.text is not None}
             if self.store is not None and fresh:
                 await self.store.cache_put(self.name, fresh)
-            yield out
+
+        async for group in self._stream([conversations[i] for i in todo], [seeds[i] for i in todo], keep):
+            self.calls += sum(r.attempts for _, r in group)
+            yield [(todo[j], r) for j, r in group]
 
     async def generate(self, conversations: list[list[dict]], seeds: list[int]) -> list[ChatResult]:
         """Every answer, in order (convenience over :meth:`stream`)."""

@@ -19,7 +19,7 @@ from typing import AsyncIterator
 
 import torch
 
-from workers.generation.base import Generator
+from workers.generation.base import Generator, Keep
 from workers.generation.config import ModelConfig
 from workers.llm.client import ChatResult
 
@@ -47,11 +47,14 @@ class LocalGenerator(Generator):
 
         self.device, self.tokenizer, self.lm = load_for_batches(config.model, config.device, home)
 
-    async def _stream(self, conversations: list[list[dict]], seeds: list[int]) -> AsyncIterator[list[tuple[int, ChatResult]]]:
+    async def _stream(self, conversations: list[list[dict]], seeds: list[int],
+                      keep: Keep) -> AsyncIterator[list[tuple[int, ChatResult]]]:
         bs = self.config.batch_size
         for s in range(0, len(conversations), bs):
             results = await asyncio.to_thread(self.generate_batch, conversations[s : s + bs], seeds[s : s + bs])
-            yield [(s + j, r) for j, r in enumerate(results)]
+            group = [(s + j, r) for j, r in enumerate(results)]
+            await keep(group)
+            yield group
 
     @torch.inference_mode()
     def generate_batch(self, conversations: list[list[dict]], seeds: list[int],

@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 import aiohttp
 
@@ -151,8 +152,13 @@ class ChatClient:
                                            for c, s in zip(conversations, seeds))))
 
     async def chat(self, messages: list[dict], temperature: float, max_tokens: int, seed: int | None = None,
-                   schema: dict | None = None, schema_name: str = "answer") -> ChatResult:
-        """One completion; failures after the last attempt are returned (``error``), not raised."""
+                   schema: dict | None = None, schema_name: str = "answer",
+                   on_answer: Callable[[ChatResult], Awaitable[None]] | None = None) -> ChatResult:
+        """One completion; failures after the last attempt are returned (``error``), not raised.
+
+        ``on_answer`` is awaited on a successful answer while its concurrency slot is still held,
+        so a caller that makes answers durable there never has more than ``concurrency`` requests
+        whose answers a killed process would lose (the next request starts only after it)."""
         self._ensure_session()
         est_tokens = sum(len(m["content"]) for m in messages) / 4 + max_tokens
         t0 = time.monotonic()
@@ -167,8 +173,11 @@ class ChatClient:
                 async with self._sem:  # type: ignore[union-attr]
                     text, tin, tout = await self._post(self._body(messages, temperature, max_tokens, seed, schema, fmt,
                                                                schema_name))
+                    result = ChatResult(text, tin, tout, time.monotonic() - t0, attempt)
+                    if on_answer is not None:
+                        await on_answer(result)
                 self._tpm.refund(est_tokens - (tin + tout))
-                return ChatResult(text, tin, tout, time.monotonic() - t0, attempt)
+                return result
             except FinalError as exc:
                 if self._format_rejected(fmt, str(exc)):
                     attempt -= 1  # not the request's fault: ask again in the next form
