@@ -155,6 +155,42 @@ def test_build_on_a_simulated_judge_recovers_the_order_and_writes_one_version(pg
     asyncio.run(go())
 
 
+def test_gather_comparisons_ranks_and_flattens_in_postgresql(pg_url):
+    """A refit reads a value's comparisons as two flat arrays (members in rank order, lengths),
+    ranked by PostgreSQL: k-way and pairwise windows mixed, source jobs and the job itself only,
+    in (job, window, judge) order; a k-way build's rows reach the fit whole."""
+    from workers.vidb import versions as V
+    from workers.vidb.fit import rank_rows
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            async with store.pool.acquire() as conn:
+                rows = [  # job, value, window, members as shown, judge, ranking (positions, best first)
+                    ("jb", VALUE, 1, [7, 8, 9], "j1", [2, 0, 1]),
+                    ("ja", VALUE, 5, [4, 5], "j1", [1, 0]),
+                    ("jb", VALUE, 0, [1, 2], "j2", [0, 1]),
+                    ("ja", VALUE, 2, [3, 4, 5, 6], "j1", [3, 1, 0, 2]),
+                    ("jc", VALUE, 0, [1, 9], "j1", [1, 0]),  # not a source of the value: left out
+                    ("ja", "care-harm", 0, [1, 2], "j1", [1, 0]),  # another value: left out
+                ]
+                await conn.executemany("INSERT INTO comparisons (job_id, value, window_id, item_ids, judge, ranking)"
+                                       " VALUES ($1, $2, $3, $4, $5, $6)", rows)
+                await V.add_sources(conn, VALUE, ["ja"])
+                ranked, lengths = await V.gather_comparisons(conn, VALUE, ["jb"])
+                assert lengths.tolist() == [4, 2, 2, 3]
+                assert ranked.tolist() == [6, 4, 3, 5, 5, 4, 1, 2, 9, 7, 8]
+                keys = np.unique(ranked)
+                fit_rows = rank_rows(ranked, lengths, keys)
+                assert [keys[r].tolist() for r in fit_rows] == [[6, 4, 3, 5], [5, 4], [1, 2], [9, 7, 8]]
+                none = await V.gather_comparisons(conn, "self-direction-thought", [])
+                assert none[0].size == 0 and none[1].size == 0
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
 def test_build_refuses_bad_input_and_changes_nothing(pg_url):
     async def go():
         from workers.io.inputs import InputRow

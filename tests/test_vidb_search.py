@@ -7,7 +7,7 @@ import pytest
 
 from workers.stats import plackett_luce as pl
 from workers.vidb import search as S
-from workers.vidb.fit import fit_utilities, local_refit, rank_rows, touched
+from workers.vidb.fit import complete_rows, fit_utilities, local_refit, rank_rows, touched
 
 
 def _posterior_at(grid, centre, sd):
@@ -129,9 +129,13 @@ def test_warm_refit_with_local_block_reaches_the_cold_optimum_in_fewer_full_step
 
 # -- rank rows ----------------------------------------------------------------------------------------------
 def test_rank_rows_maps_ranked_members_keeps_order_and_skips_unknown():
-    comps = [([10, 20], [1, 0]), ([10, 99], [0, 1]), ([30, 10, 20], [2, 0, 1]), ([20, 30], [0, 1])]
-    rows = rank_rows(comps, {10: 0, 20: 1, 30: 2})
+    keys = np.array([10, 20, 30])
+    # flat: members in rank order, comparison after comparison ([20,10], [10,99], [20,30,10], [20,30])
+    ranked, lengths = np.array([20, 10, 10, 99, 20, 30, 10, 20, 30]), np.array([2, 2, 3, 2])
+    rows = rank_rows(ranked, lengths, keys)
     assert [r.tolist() for r in rows] == [[1, 0], [1, 2, 0], [1, 2]]
-    assert rank_rows([], {10: 0}) == []
-    same = rank_rows([([10, 20], [1, 0]), ([20, 30], [0, 1])], {10: 0, 20: 1, 30: 2})
+    assert complete_rows(np.isin(ranked, keys), lengths).tolist() == [True, False, True, True]
+    assert rank_rows(np.array([], dtype=np.int64), np.array([], dtype=np.int64), keys) == []
+    assert rank_rows(np.array([10, 99]), np.array([2]), keys) == []  # nothing known: nothing to fit
+    same = rank_rows(np.array([20, 10, 20, 30]), np.array([2, 2]), keys)
     assert isinstance(same, np.ndarray) and same.tolist() == [[1, 0], [1, 2]]  # one size: one array

@@ -38,16 +38,16 @@ class Judge(ABC):
         ``both_orders`` the reversed presentation is asked too and the two merged by mean rank.
         """
         seeds = seeds or [None] * len(windows)
-        perms = [np.arange(len(w)) if s is None else np.random.default_rng(s).permutation(len(w))
-                 for w, s in zip(windows, seeds)]
-        shown = [[w[i] for i in p] for w, p in zip(windows, perms)]
+        perms = [None if s is None else np.random.default_rng(s).permutation(len(w)) for w, s in zip(windows, seeds)]
+        shown = [w if p is None else [w[i] for i in p] for w, p in zip(windows, perms)]
         if self.config.both_orders:
             fwd, rev = await asyncio.gather(self.rank_shown(value, shown),
                                             self.rank_shown(value, [s[::-1] for s in shown]))
             out = [_merge(f, r, len(s)) for f, r, s in zip(fwd, rev, shown)]
         else:
             out = await self.rank_shown(value, shown)
-        return [r if r.order is None else r.model_copy(update={"order": [int(p[i]) for i in r.order]})
+        # an unshuffled window's answer already refers to the caller's positions
+        return [r if r.order is None or p is None else r.model_copy(update={"order": [int(p[i]) for i in r.order]})
                 for r, p in zip(out, perms)]
 
     def rank(self, value: Value, texts: list[str], seed: int | None = None) -> Ranking:

@@ -12,7 +12,6 @@ r"""Fitting a value's VIDB: comparisons → Plackett–Luce utilities with stand
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -20,34 +19,33 @@ from workers.stats import plackett_luce as pl
 from workers.stats.calibration import HIGH, LOW, fit_isotonic
 
 
-def rank_rows(comparisons: Iterable[tuple[Sequence[int], Sequence[int]]],
-              index: dict[int, int]) -> np.ndarray | list[np.ndarray]:
-    """Comparisons (members as text ids in shown order, ranking = positions, best first) → rows of
-    item indices in rank order: row = index[members[ranking]]. Comparisons with a member outside
-    ``index`` are skipped. Vectorised per window size (a refit reads 10⁵ comparisons); when every
-    window has one size (a pairwise build) the rows come as one 2-D array, which the fit takes as is."""
-    comps = list(comparisons)
-    if not comps or not index:
+def complete_rows(member_ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per comparison (flat layout: ``lengths`` consecutive members each), whether all its members
+    pass ``member_ok``."""
+    if not len(lengths):
+        return np.zeros(0, dtype=bool)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.add.reduceat((~member_ok).astype(np.int64), starts) == 0
+
+
+def rank_rows(ranked: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """Flat comparisons (members in rank order, best first, one comparison after another;
+    ``lengths`` = members per comparison; :func:`workers.vidb.versions.gather_comparisons`) →
+    rows of item indices for the fit, item i being ``keys[i]`` (sorted text ids). Comparisons with
+    a member outside ``keys`` are skipped. When every comparison has one size (a pairwise build)
+    the rows come as one 2-D array, which the fit takes as is; otherwise a list of 1-D arrays."""
+    ranked, lengths, keys = (np.asarray(a, dtype=np.int64) for a in (ranked, lengths, keys))
+    if not len(lengths) or not len(keys):
         return []
-    keys = np.fromiter(index.keys(), dtype=np.int64, count=len(index))
-    vals = np.fromiter(index.values(), dtype=np.intp, count=len(index))
-    order = np.argsort(keys)
-    keys, vals = keys[order], vals[order]
-    by_len: dict[tuple[int, int], list[int]] = {}
-    for c, (members, ranking) in enumerate(comps):
-        by_len.setdefault((len(members), len(ranking)), []).append(c)
-    out: list[tuple[np.ndarray, np.ndarray]] = []
-    for (k, r), pos in by_len.items():
-        mem = np.array([comps[c][0] for c in pos], dtype=np.int64).reshape(len(pos), k)
-        rk = np.array([comps[c][1] for c in pos], dtype=np.intp).reshape(len(pos), r)
-        ranked = np.take_along_axis(mem, rk, axis=1)
-        at = np.searchsorted(keys, ranked).clip(0, len(keys) - 1)
-        ok = (keys[at] == ranked).all(axis=1)
-        out.append((np.asarray(pos)[ok], vals[at][ok]))
-    if len(out) == 1:
-        return out[0][1]
-    rows = [r for _, block in out for r in block]
-    return [rows[i] for i in np.argsort(np.concatenate([c for c, _ in out]), kind="stable")]
+    at = np.searchsorted(keys, ranked).clip(0, len(keys) - 1)
+    ok = complete_rows(keys[at] == ranked, lengths)
+    idx = at[np.repeat(ok, lengths)].astype(np.intp)
+    lengths = lengths[ok]
+    if not len(lengths):
+        return []
+    if (lengths == lengths[0]).all():
+        return idx.reshape(len(lengths), int(lengths[0]))
+    return np.split(idx, np.cumsum(lengths)[:-1])
 
 
 @dataclass

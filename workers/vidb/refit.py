@@ -19,7 +19,7 @@ import numpy as np
 from workers.jobs.kind import JobFailure
 from workers.stats.calibration import MIN_REFERENCE_POINTS
 from workers.vidb import versions as V
-from workers.vidb.fit import fit_utilities, isotonic, minmax, rank_rows
+from workers.vidb.fit import complete_rows, fit_utilities, isotonic, minmax, rank_rows
 
 
 @dataclass
@@ -46,13 +46,14 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
     new_src = dict(new)
     refs = refs or {}
     candidates = set(current) | set(new_src) | set(refs)
-    comps = await V.gather_comparisons(conn, value, [job_id, *(from_jobs or [])])
-    comps = [c for c in comps if all(t in candidates for t in c[0])]
-    tids = sorted({t for members, _ in comps for t in members})
-    if not tids:
+    ranked, lengths = await V.gather_comparisons(conn, value, [job_id, *(from_jobs or [])])
+    keep = complete_rows(np.isin(ranked, np.fromiter(candidates, dtype=np.int64, count=len(candidates))), lengths)
+    ranked, lengths = ranked[np.repeat(keep, lengths)], lengths[keep]
+    tids = np.unique(ranked)
+    if not len(tids):
         raise JobFailure(f"no judged comparisons for {value!r}: every window failed (jobs resume --retry-failed)")
-    index = {t: i for i, t in enumerate(tids)}
-    rows = rank_rows(comps, index)
+    index = {t: i for i, t in enumerate(tids.tolist())}
+    rows = rank_rows(ranked, lengths, tids)
     init, changed = None, None
     if warm:
         init = np.zeros(len(tids))
