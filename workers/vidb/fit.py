@@ -20,8 +20,8 @@ from workers.stats.calibration import HIGH, LOW, fit_isotonic
 
 
 def complete_rows(member_ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Per comparison (flat layout: ``lengths`` consecutive members each), whether all its members
-    pass ``member_ok``."""
+    """Per comparison (flat layout: ``lengths`` consecutive members each, every length ≥ 1),
+    whether all its members pass ``member_ok``."""
     if not len(lengths):
         return np.zeros(0, dtype=bool)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])

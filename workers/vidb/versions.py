@@ -55,7 +55,8 @@ async def gather_comparisons(conn, value: str, job_ids: Sequence[str] = ()) -> t
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     n, o = np.array(row["n"], dtype=np.int64), np.array(row["o"], dtype=np.int64)
     ranked = np.array(row["ids"], dtype=np.int64)[np.lexsort((o, n))]
-    return ranked, np.bincount(n)[1:].astype(np.int64)
+    lengths = np.bincount(n)[1:].astype(np.int64)
+    return ranked, lengths[lengths > 0]  # an empty ranking (none is stored today) ranks nothing
 
 
 async def add_sources(conn, value: str, job_ids: Sequence[str]) -> None:
