@@ -12,8 +12,9 @@ Run: ``python benchmarks/scale_out.py [--workers 1,2,4,8] [--judge-concurrency 8
    = rate(n) / (n × rate(1)); target ≥ 0.8 up to 8 workers. The bound per worker is
    concurrency / latency (8 / 0.2 s = 40 windows/s by default).
 2. **Store ceiling.** Comparisons written per second through :meth:`Store.record_rankings` (the
-   call every judge task ends with: COPY-merge of the comparisons and the windows' update), chunks
-   of ``--chunk-size`` windows from ``--writers`` concurrent coroutines of one process.
+   call every judge task ends with: COPY-merge of the comparisons and the windows' update), one
+   write per chunk of ``--ceiling-chunk-size`` windows, from ``--writers`` concurrent coroutines of
+   one process.
 3. **Broker ceiling.** Celery task messages published per second over one producer (the way
    ``submit``/``resume`` enqueue), and drained per second by a raw consumer.
 
@@ -119,15 +120,18 @@ def scale_run(env: dict, db_url: str, broker: str, tmp: Path, n: int, per_worker
         flush_redis(broker)
 
 
-async def store_ceiling(db_url: str, job: str, chunk: int, writers: int) -> dict:
+async def store_ceiling(db_url: str, job: str, writers: int) -> dict:
     """Comparisons/s through record_rankings: every pending window of ``job`` gets a ranking."""
     from workers.store import open_store
 
     store = await open_store(db_url, max_size=writers + 1)
     try:
-        rows = await store.pool.fetch("SELECT window_id, value, members FROM windows WHERE job_id = $1 "
-                                      "ORDER BY window_id", job)
-        batches = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
+        rows = await store.pool.fetch("SELECT chunk_no, window_id, value, members FROM windows WHERE job_id = $1 "
+                                      "ORDER BY chunk_no, window_id", job)
+        by_chunk: dict[int, list] = {}
+        for r in rows:  # one batch per chunk, as a worker writes them
+            by_chunk.setdefault(r["chunk_no"], []).append(r)
+        batches = list(by_chunk.items())
         tel = (0.2, 50, 8, 1, False)
         todo = asyncio.Queue()
         for b in batches:
@@ -136,10 +140,10 @@ async def store_ceiling(db_url: str, job: str, chunk: int, writers: int) -> dict
         async def writer() -> int:
             added = 0
             while not todo.empty():
-                b = todo.get_nowait()
+                chunk_no, b = todo.get_nowait()
                 done = [(r["window_id"], r["value"], r["members"], list(range(len(r["members"]))[::-1]), None, tel)
                         for r in b]
-                added += await store.record_rankings(job, "fake", done, [])
+                added += await store.record_rankings(job, chunk_no, "fake", done, [])
             return added
 
         t0 = time.perf_counter()
@@ -147,7 +151,7 @@ async def store_ceiling(db_url: str, job: str, chunk: int, writers: int) -> dict
         secs = time.perf_counter() - t0
         assert added == len(rows), (added, len(rows))
         return {"comparisons": added, "seconds": round(secs, 2), "comparisons_per_s": round(added / secs),
-                "writers": writers, "batch": chunk}
+                "writers": writers, "batch": max(len(b) for _, b in batches)}
     finally:
         await store.close()
 
@@ -184,6 +188,7 @@ def main() -> None:
     ap.add_argument("--windows-per-worker", type=int, default=1200)
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--ceiling-windows", type=int, default=30_000)
+    ap.add_argument("--ceiling-chunk-size", type=int, default=256, help="windows per chunk (one write) in the store ceiling")
     ap.add_argument("--timeout", type=float, default=300, help="seconds allowed per worker count")
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
@@ -208,11 +213,11 @@ def main() -> None:
         for r in out["runs"]:
             r["efficiency"] = round(r["windows_per_s"] / (r["workers"] * base), 3)
         # the store's ceiling: a job planned but never consumed, its windows written directly
-        job = submit(env, tmp, args.ceiling_windows // 3, "ceil-", args.chunk_size)
+        job = submit(env, tmp, args.ceiling_windows // 3, "ceil-", args.ceiling_chunk_size)
         flush_redis(broker)
-        out["store"] = asyncio.run(store_ceiling(db_url, job, 256, args.writers))
+        out["store"] = asyncio.run(store_ceiling(db_url, job, args.writers))
         print(f"store: {out['store']['comparisons_per_s']} comparisons/s through record_rankings "
-              f"({args.writers} writers, batches of 256)", flush=True)
+              f"({args.writers} writers, one write per chunk of {out['store']['batch']} windows)", flush=True)
         out["broker"] = broker_ceiling(broker)
         print(f"broker: {out['broker']['published_per_s']} messages/s published, "
               f"{out['broker']['drained_per_s']} /s drained", flush=True)

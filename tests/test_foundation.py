@@ -62,11 +62,11 @@ def test_duplicate_comparison_is_ignored_and_100k_copy_lands_once(pg_url):
         store = await open_test_store(pg_url)
         try:
             await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ('j1', 'score', '{}', 'running')")
-            added = await store.record_rankings("j1", "judge-a", _comparisons(3), [])
-            again = await store.record_rankings("j1", "judge-a", _comparisons(3), [])
-            other_judge = await store.record_rankings("j1", "judge-b", _comparisons(1), [])
-            big = await store.record_rankings("j1", "judge-c", _comparisons(100_000), [])
-            big_again = await store.record_rankings("j1", "judge-c", _comparisons(100_000), [])
+            added = await store.record_rankings("j1", 0, "judge-a", _comparisons(3), [])
+            again = await store.record_rankings("j1", 0, "judge-a", _comparisons(3), [])
+            other_judge = await store.record_rankings("j1", 0, "judge-b", _comparisons(1), [])
+            big = await store.record_rankings("j1", 0, "judge-c", _comparisons(100_000), [])
+            big_again = await store.record_rankings("j1", 0, "judge-c", _comparisons(100_000), [])
             n = await store.pool.fetchval("SELECT count(*) FROM comparisons WHERE judge='judge-c'")
             distinct = await store.pool.fetchval("SELECT count(DISTINCT window_id) FROM comparisons WHERE judge='judge-c'")
             row = await store.pool.fetchrow("SELECT item_ids, ranking FROM comparisons WHERE judge='judge-a' AND window_id=1")
@@ -77,6 +77,34 @@ def test_duplicate_comparison_is_ignored_and_100k_copy_lands_once(pg_url):
     assert (added, again, other) == (3, 0, 1)
     assert (big, big_again, n, distinct) == (100_000, 0, 100_000, 100_000)
     assert list(row["item_ids"]) == [1, 2, 3] and list(row["ranking"]) == [2, 0, 1]
+
+
+def test_two_deliveries_of_one_chunk_racing_store_each_comparison_once(pg_url):
+    """Another delivery of the chunk stores a comparison after this one looked (its transaction
+    still open): this one's COPY waits on that row, fails on it, and falls back to the merge that
+    skips it. Every comparison is stored once and counted once."""
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ('j1', 'score', '{}', 'running')")
+            async with store.pool.acquire() as other:
+                tx = other.transaction()
+                await tx.start()
+                await other.execute("INSERT INTO comparisons (job_id, value, window_id, item_ids, judge, ranking)"
+                                    " VALUES ('j1', 'care-harm', 7, '{1,2,3}', 'judge-a', '{0,1,2}')")
+                mine = asyncio.create_task(store.record_rankings("j1", 0, "judge-a", _comparisons(1_000), []))
+                await asyncio.sleep(1.0)  # it looked, found nothing, and now waits on window 7's index entry
+                assert not mine.done()
+                await tx.commit()
+                added = await mine
+            rows = await store.pool.fetch("SELECT window_id, ranking FROM comparisons WHERE job_id = 'j1'")
+            return added, rows
+        finally:
+            await store.close()
+
+    added, rows = asyncio.run(go())
+    assert added == 999 and len(rows) == 1_000 == len({r["window_id"] for r in rows})
+    assert [list(r["ranking"]) for r in rows if r["window_id"] == 7] == [[0, 1, 2]]  # the first stored stays
 
 
 def test_texts_are_deduplicated_by_content(pg_url):

@@ -59,7 +59,7 @@ async def judge_windows(ctx: StageContext, judge_name: str | None = None) -> Non
             else:
                 failed.append((w["window_id"], r.failure or "unknown failure", failure_cause(r), tel))
             ctx.report.count_answer(r.attempts, r.tokens_in, r.tokens_out, r.latency_s, r.cached)
-    await store.record_rankings(job_id, judge.name, done, failed)
+    await store.record_rankings(job_id, ctx.chunk_no, judge.name, done, failed)
     ctx.report.done += len(done)
     ctx.report.failed += len(failed)
 

@@ -14,6 +14,8 @@ import asyncpg
 
 from schemas.states import ChunkState, JobState
 
+COMPARISON_COLUMNS = ("job_id", "value", "window_id", "item_ids", "judge", "ranking", "response_key")
+
 WINDOW_COLUMNS = ["job_id", "window_id", "chunk_no", "value", "item_no", "members", "target_pos",
                   "anchor_ids", "anchor_intensity", "seed"]
 
@@ -226,8 +228,13 @@ class JobsMixin:
             "SELECT window_id, value, item_no, members, target_pos, seed FROM windows "
             "WHERE job_id = $1 AND chunk_no = $2 AND state = 'pending' ORDER BY window_id", job_id, chunk_no)
 
-    async def record_rankings(self, job_id: str, judge: str, done: Sequence[tuple], failed: Sequence[tuple]) -> int:
-        """Store judged windows in one transaction; returns how many comparisons were new.
+    async def record_rankings(self, job_id: str, chunk_no: int, judge: str, done: Sequence[tuple],
+                              failed: Sequence[tuple]) -> int:
+        """Store a chunk's judged windows in one transaction; returns how many comparisons were new.
+
+        The window updates name the chunk, so they reach its windows through ``windows_by_chunk``
+        (without it PostgreSQL may hash every window of the job for each chunk: quadratic in the
+        job's size).
 
         ``done``: (window_id, value, members, ranking, response_key, telemetry);
         ``failed``: (window_id, reason, cause, telemetry); telemetry = (latency_s, tokens_in,
@@ -236,27 +243,40 @@ class JobsMixin:
         async with self.pool.acquire() as conn, conn.transaction():
             added = 0
             if done:
-                status = await self._copy_merge(  # type: ignore[attr-defined]
-                    conn, "comparisons",
-                    ("job_id", "value", "window_id", "item_ids", "judge", "ranking", "response_key"),
-                    [(job_id, v, w, list(m), judge, list(r), key) for w, v, m, r, key, _ in done],
-                    conflict="(job_id, window_id, judge) DO NOTHING")
-                added = int(str(status).split()[-1])
+                added = await self._add_comparisons(conn, [
+                    (job_id, v, w, list(m), judge, list(r), key) for w, v, m, r, key, _ in done])
                 await conn.execute(
                     "UPDATE windows w SET state = 'done', failure = NULL, failure_cause = NULL, judged_at = now(),"
                     " latency_s = t.l, tokens_in = t.ti, tokens_out = t.tout, attempts = t.a, cached = t.c"
                     " FROM unnest($2::int[], $3::real[], $4::int[], $5::int[], $6::smallint[], $7::bool[])"
-                    " AS t(id, l, ti, tout, a, c) WHERE w.job_id = $1 AND w.window_id = t.id",
-                    job_id, *_columns([(d[0], *d[5]) for d in done], 6))
+                    " AS t(id, l, ti, tout, a, c) WHERE w.job_id = $1 AND w.chunk_no = $8 AND w.window_id = t.id",
+                    job_id, *_columns([(d[0], *d[5]) for d in done], 6), chunk_no)
             if failed:
                 await conn.execute(
                     "UPDATE windows w SET state = 'failed', failure = t.f, failure_cause = t.fc, judged_at = now(),"
                     " latency_s = t.l, tokens_in = t.ti, tokens_out = t.tout, attempts = t.a, cached = t.c"
                     " FROM unnest($2::int[], $3::text[], $4::text[], $5::real[], $6::int[], $7::int[], $8::smallint[],"
                     " $9::bool[]) AS t(id, f, fc, l, ti, tout, a, c)"
-                    " WHERE w.job_id = $1 AND w.window_id = t.id AND w.state = 'pending'",
-                    job_id, *_columns([(w, reason, cause, *tel) for w, reason, cause, tel in failed], 8))
+                    " WHERE w.job_id = $1 AND w.chunk_no = $10 AND w.window_id = t.id AND w.state = 'pending'",
+                    job_id, *_columns([(w, reason, cause, *tel) for w, reason, cause, tel in failed], 8), chunk_no)
         return added
+
+    async def _add_comparisons(self, conn: asyncpg.Connection, rows: list[tuple]) -> int:
+        """Insert the comparisons not stored yet; returns how many were new.
+
+        A chunk's pending windows have no comparison (a window's comparison and its move to
+        ``done`` commit together), so the rows go straight into the table with one COPY, under a
+        savepoint. Only a delivery of the same chunk racing this one (it stored some of them first:
+        a unique violation) takes the slower path: COPY into a temporary table and
+        ``INSERT … ON CONFLICT DO NOTHING``."""
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table("comparisons", records=rows, columns=list(COMPARISON_COLUMNS))
+            return len(rows)
+        except asyncpg.UniqueViolationError:
+            status = await self._copy_merge(  # type: ignore[attr-defined]
+                conn, "comparisons", COMPARISON_COLUMNS, rows, conflict="(job_id, window_id, judge) DO NOTHING")
+            return int(str(status).split()[-1])
 
     async def fail_pending_windows(self, job_id: str, chunk_no: int, reason: str, cause: str) -> int:
         status = await self.pool.execute(

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import AsyncIterator
 
 import numpy as np
@@ -103,9 +105,14 @@ def planner(spec: VidbBuildSpec, rows: list[InputRow], references: list[tuple[st
             cur = await store.vidb(spec.value)
             pick = spread(np.array([r["intensity"] for r in cur], dtype=float), spec.max_references) if cur else []
             refs = [(cur[i]["text_id"], cur[i]["intensity"], "vidb") for i in pick]
-        text_ids = await store.stage_items(job_id, [(i, r.ext_id, r.text) for i, r in enumerate(rows)])
+        # the design needs only the number of texts: it is drawn while the database stores them
+        design_job = asyncio.create_task(asyncio.to_thread(
+            balanced_design, len(rows) + len(refs), spec.k, spec.per_text, np.random.default_rng(spec.seed)))
+        try:
+            text_ids = await store.stage_items(job_id, [(i, r.ext_id, r.text) for i, r in enumerate(rows)])
+        finally:
+            design = await design_job
         universe = list(text_ids) + [t for t, _, _ in refs]
-        design = balanced_design(len(universe), spec.k, spec.per_text, np.random.default_rng(spec.seed))
         ids = np.asarray(universe, dtype=np.int64)
         windows = [(w, w // spec.chunk_size, spec.value, ids[members].tolist(), spec.seed)
                    for w, members in enumerate(design)]
