@@ -21,9 +21,9 @@ texts (0.842); every figure depends on β, so README reports β = 1 too). Figure
   with its error against the cold optimum; the expansion figure also prints the oracle bound
   (:func:`workers.vidb.search.oracle_window_ratio`);
 * through the queue: a build job of ``--queue-comparisons`` pairwise windows run by 2 worker
-  processes on real PostgreSQL and Redis (timed on the database's clock from submit to the
-  finalize's commit, once both workers answer a ping) vs the same windows judged and fitted in
-  this process; best of 2 queued and 3 in-process runs.
+  processes on real PostgreSQL and Redis, timed on the database's clock from submit to the
+  finalize's last statement (the job's ``finished_at``) once both workers answer a ping, vs the
+  same windows judged and fitted in this process; best of 2 queued and 3 in-process runs.
 
 The last line printed is one JSON object with the figures, the targets and whether each is met.
 Servers for the queue part: ``VALUEFLOW_DATABASE_URL`` / ``VALUEFLOW_BROKER_URL`` (a scratch
@@ -262,8 +262,8 @@ async def queue_rate(n_texts, per_text, refs, beta, n_workers):
         spec = VidbBuildSpec(input="bench", value="benevolence", judge=f"simulated:beta={beta}", per_text=per_text,
                              reference="bench-refs", chunk_size=1000)
         await workers_ready(app_for(broker), n_workers)
-        # timed on the database's clock, from before the submit to the finalize's commit (the job's
-        # finished_at), so neither the poll's interval nor its queries (O(windows) each) count
+        # timed on the database's clock, from before the submit to the finalize's last statement (the
+        # job's finished_at), so neither the poll's interval nor its queries (O(windows) each) count
         t0 = await store.pool.fetchval("SELECT clock_timestamp()")
         job = await J.submit(store, app_for(broker), vidb_build.KIND, spec, vidb_build.planner(spec, rows, refs))
         state = await J.wait(store, job, show=False, poll_s=2.0)  # the watcher's load is not the job's

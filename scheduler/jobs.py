@@ -55,6 +55,7 @@ def _progress(job, prog, n_stages: int) -> tuple[int, int, str]:
 
 
 POLL_COST_SHARE = 0.05  # a watching CLI keeps at most this share of one database core busy
+POLL_MAX_S = 15.0  # ... but looks at least this often
 
 
 async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5,
@@ -90,8 +91,12 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 return job["state"]
             # counting a job's windows costs O(windows): a poll of a 10⁶-window job takes the database
-            # ~0.3 s, so the watcher waits POLL_COST_SHARE⁻¹ times as long before the next one
-            await asyncio.sleep(max(poll_s, cost / POLL_COST_SHARE))
+            # ~0.3 s, so the watcher waits POLL_COST_SHARE⁻¹ times as long before the next one (at
+            # most POLL_MAX_S, and never past the timeout)
+            delay = min(max(poll_s, cost / POLL_COST_SHARE), POLL_MAX_S)
+            if timeout_s is not None:
+                delay = min(delay, max(0.0, start + timeout_s - time.monotonic()))
+            await asyncio.sleep(delay)
 
 
 async def status(store: Store, job_id: str) -> dict[str, Any]:

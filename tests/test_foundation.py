@@ -57,11 +57,18 @@ def _comparisons(n, job="j1"):
     return [(i, "care-harm", [1, 2, 3], [2, 0, 1], None, (0.1, 50, 8, 1, False)) for i in range(n)]
 
 
+async def _job_with_windows(store, n: int, job: str = "j1") -> None:
+    """A running job whose chunk 0 holds windows 0..n-1 (what record_rankings updates)."""
+    await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ($1, 'score', '{}', 'running')", job)
+    await store.stage_windows(job, [(i, 0, "care-harm", [1, 2, 3], 0) for i in range(n)], [(0, "default")],
+                              columns=("window_id", "chunk_no", "value", "members", "seed"))
+
+
 def test_duplicate_comparison_is_ignored_and_100k_copy_lands_once(pg_url):
     async def go():
         store = await open_test_store(pg_url)
         try:
-            await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ('j1', 'score', '{}', 'running')")
+            await _job_with_windows(store, 100_000)
             added = await store.record_rankings("j1", 0, "judge-a", _comparisons(3), [])
             again = await store.record_rankings("j1", 0, "judge-a", _comparisons(3), [])
             other_judge = await store.record_rankings("j1", 0, "judge-b", _comparisons(1), [])
@@ -70,39 +77,58 @@ def test_duplicate_comparison_is_ignored_and_100k_copy_lands_once(pg_url):
             n = await store.pool.fetchval("SELECT count(*) FROM comparisons WHERE judge='judge-c'")
             distinct = await store.pool.fetchval("SELECT count(DISTINCT window_id) FROM comparisons WHERE judge='judge-c'")
             row = await store.pool.fetchrow("SELECT item_ids, ranking FROM comparisons WHERE judge='judge-a' AND window_id=1")
-            return added, again, other_judge, big, big_again, n, distinct, row
+            done = await store.pool.fetchval("SELECT count(*) FROM windows WHERE job_id='j1' AND state='done'")
+            # windows named under the wrong chunk: refused, and nothing of it is stored
+            with pytest.raises(RuntimeError, match="are windows of chunk 1"):
+                await store.record_rankings("j1", 1, "judge-d", _comparisons(5), [])
+            stray = await store.pool.fetchval("SELECT count(*) FROM comparisons WHERE judge='judge-d'")
+            return added, again, other_judge, big, big_again, n, distinct, row, done, stray
         finally:
             await store.close()
-    added, again, other, big, big_again, n, distinct, row = asyncio.run(go())
+    added, again, other, big, big_again, n, distinct, row, done, stray = asyncio.run(go())
     assert (added, again, other) == (3, 0, 1)
     assert (big, big_again, n, distinct) == (100_000, 0, 100_000, 100_000)
     assert list(row["item_ids"]) == [1, 2, 3] and list(row["ranking"]) == [2, 0, 1]
+    assert done == 100_000 and stray == 0
 
 
 def test_two_deliveries_of_one_chunk_racing_store_each_comparison_once(pg_url):
-    """Another delivery of the chunk stores a comparison after this one looked (its transaction
-    still open): this one's COPY waits on that row, fails on it, and falls back to the merge that
-    skips it. Every comparison is stored once and counted once."""
+    """Another delivery of the chunk has stored a comparison of it (its transaction still open):
+    this one's direct COPY waits on that row's index entry, fails on it, and falls back to the
+    merge that skips it. Every comparison is stored once and counted once; a write nobody races
+    takes the direct COPY alone."""
     async def go():
         store = await open_test_store(pg_url)
+        merges = []
+        real_merge = store._copy_merge
+
+        async def counted_merge(*a, **k):
+            merges.append(a[1])
+            return await real_merge(*a, **k)
+
+        store._copy_merge = counted_merge
         try:
-            await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ('j1', 'score', '{}', 'running')")
+            await _job_with_windows(store, 1_000)
+            await _job_with_windows(store, 10, "j2")
+            assert await store.record_rankings("j2", 0, "judge-a", _comparisons(10), []) == 10
+            assert merges == []  # nobody raced: one COPY straight into the table
             async with store.pool.acquire() as other:
                 tx = other.transaction()
                 await tx.start()
                 await other.execute("INSERT INTO comparisons (job_id, value, window_id, item_ids, judge, ranking)"
                                     " VALUES ('j1', 'care-harm', 7, '{1,2,3}', 'judge-a', '{0,1,2}')")
                 mine = asyncio.create_task(store.record_rankings("j1", 0, "judge-a", _comparisons(1_000), []))
-                await asyncio.sleep(1.0)  # it looked, found nothing, and now waits on window 7's index entry
+                await asyncio.sleep(1.0)  # its COPY now waits on window 7's uncommitted index entry
                 assert not mine.done()
                 await tx.commit()
                 added = await mine
             rows = await store.pool.fetch("SELECT window_id, ranking FROM comparisons WHERE job_id = 'j1'")
-            return added, rows
+            return added, rows, merges
         finally:
             await store.close()
 
-    added, rows = asyncio.run(go())
+    added, rows, merges = asyncio.run(go())
+    assert merges == ["comparisons"]  # the race took the merge, once
     assert added == 999 and len(rows) == 1_000 == len({r["window_id"] for r in rows})
     assert [list(r["ranking"]) for r in rows if r["window_id"] == 7] == [[0, 1, 2]]  # the first stored stays
 

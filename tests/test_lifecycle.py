@@ -466,13 +466,15 @@ def test_waiting_on_a_job_polls_less_often_when_counting_its_windows_is_slow(pg_
                 return await real(job_id)
 
             store.job_progress = slow_progress
-            state = await J.wait(store, "w1", show=False, poll_s=0.01, timeout_s=3.0)
-            return state, calls
+            t0 = time.monotonic()
+            state = await J.wait(store, "w1", show=False, poll_s=0.01, timeout_s=5.0)
+            return state, calls, time.monotonic() - t0
         finally:
             await store.close()
 
-    state, calls = asyncio.run(go())
+    state, calls, took = asyncio.run(go())
     assert state == "running"
     gaps = [b - a for a, b in zip(calls[1:], calls[2:])]  # between polls of the loop
-    assert gaps and min(gaps) >= 0.1 / J.POLL_COST_SHARE * 0.9  # ≥ 2 s apart, not 0.01 s + 0.1 s
-    assert len(calls) <= 4
+    assert gaps[0] >= 0.1 / J.POLL_COST_SHARE * 0.9  # ≥ 2 s apart, not 0.01 s + 0.1 s
+    assert len(calls) <= 5
+    assert 5.0 <= took < 5.0 + 0.5  # the last wait is cut to the timeout, not a full interval past it

@@ -46,8 +46,8 @@ class Generator(ABC):
     @abstractmethod
     def _stream(self, conversations: list[list[dict]], seeds: list[int],
                 keep: Keep) -> AsyncIterator[list[tuple[int, ChatResult]]]:
-        """Yield (index, result) groups as they finish; every index exactly once. Every answer is
-        passed to ``keep`` (caps it, caches it) before it is yielded; an API model awaits ``keep``
+        """Yield (index, result) groups as they finish; every index exactly once. Every successful
+        answer is passed to ``keep`` (caps it, caches it) before it is yielded; an API model awaits ``keep``
         while the answer's concurrency slot is still held, so a killed worker loses at most
         ``concurrency`` requests' answers."""
 

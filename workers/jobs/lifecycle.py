@@ -139,11 +139,11 @@ async def run_finalize(store: Store, resources: Resources, job_id: str) -> bool:
                 await kind.finalize(FinalizeContext(store, conn, job, spec, resources))  # type: ignore[misc]
         except JobFailure as exc:
             await conn.execute("UPDATE jobs SET state = 'failed', error = $2, finalize_runs = finalize_runs + 1,"
-                               " finished_at = clock_timestamp(), updated_at = now() WHERE id = $1", job_id, str(exc))
+                               " finished_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1", job_id, str(exc))
             return True
         # clock_timestamp(), not now(): now() is when this transaction began, before the finalize ran
         await conn.execute("UPDATE jobs SET state = 'done', error = NULL, finalize_runs = finalize_runs + 1,"
-                           " finished_at = clock_timestamp(), updated_at = now() WHERE id = $1", job_id)
+                           " finished_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1", job_id)
     return True
 
 

@@ -245,12 +245,15 @@ class JobsMixin:
             if done:
                 added = await self._add_comparisons(conn, [
                     (job_id, v, w, list(m), judge, list(r), key) for w, v, m, r, key, _ in done])
-                await conn.execute(
+                status = await conn.execute(
                     "UPDATE windows w SET state = 'done', failure = NULL, failure_cause = NULL, judged_at = now(),"
                     " latency_s = t.l, tokens_in = t.ti, tokens_out = t.tout, attempts = t.a, cached = t.c"
                     " FROM unnest($2::int[], $3::real[], $4::int[], $5::int[], $6::smallint[], $7::bool[])"
                     " AS t(id, l, ti, tout, a, c) WHERE w.job_id = $1 AND w.chunk_no = $8 AND w.window_id = t.id",
                     job_id, *_columns([(d[0], *d[5]) for d in done], 6), chunk_no)
+                if int(status.split()[-1]) != len(done):  # rolls the comparisons back too
+                    raise RuntimeError(f"job {job_id}: {len(done)} judged windows, but only {status.split()[-1]} of "
+                                       f"them are windows of chunk {chunk_no}")
             if failed:
                 await conn.execute(
                     "UPDATE windows w SET state = 'failed', failure = t.f, failure_cause = t.fc, judged_at = now(),"

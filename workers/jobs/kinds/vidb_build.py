@@ -110,8 +110,10 @@ def planner(spec: VidbBuildSpec, rows: list[InputRow], references: list[tuple[st
             balanced_design, len(rows) + len(refs), spec.k, spec.per_text, np.random.default_rng(spec.seed)))
         try:
             text_ids = await store.stage_items(job_id, [(i, r.ext_id, r.text) for i, r in enumerate(rows)])
-        finally:
-            design = await design_job
+        except BaseException:
+            await asyncio.gather(design_job, return_exceptions=True)  # let the thread finish; keep this error
+            raise
+        design = await design_job
         universe = list(text_ids) + [t for t, _, _ in refs]
         ids = np.asarray(universe, dtype=np.int64)
         windows = [(w, w // spec.chunk_size, spec.value, ids[members].tolist(), spec.seed)
