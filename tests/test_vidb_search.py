@@ -7,7 +7,7 @@ import pytest
 
 from workers.stats import plackett_luce as pl
 from workers.vidb import search as S
-from workers.vidb.fit import complete_rows, fit_utilities, local_refit, rank_rows, touched
+from workers.vidb.fit import complete_rows, fit_utilities, local_refit, only_known, rank_rows, touched
 
 
 def _posterior_at(grid, centre, sd):
@@ -135,6 +135,8 @@ def test_rank_rows_maps_ranked_members_keeps_order_and_skips_unknown():
     rows = rank_rows(ranked, lengths, keys)
     assert [r.tolist() for r in rows] == [[1, 0], [1, 2, 0], [1, 2]]
     assert complete_rows(np.isin(ranked, keys), lengths).tolist() == [True, False, True, True]
+    kept, kept_lengths = only_known(ranked, lengths, keys)
+    assert kept.tolist() == [20, 10, 20, 30, 10, 20, 30] and kept_lengths.tolist() == [2, 3, 2]
     assert rank_rows(np.array([], dtype=np.int64), np.array([], dtype=np.int64), keys) == []
     assert rank_rows(np.array([10, 99]), np.array([2]), keys) == []  # nothing known: nothing to fit
     same = rank_rows(np.array([20, 10, 20, 30]), np.array([2, 2]), keys)

@@ -251,9 +251,10 @@ class JobsMixin:
                     " FROM unnest($2::int[], $3::real[], $4::int[], $5::int[], $6::smallint[], $7::bool[])"
                     " AS t(id, l, ti, tout, a, c) WHERE w.job_id = $1 AND w.chunk_no = $8 AND w.window_id = t.id",
                     job_id, *_columns([(d[0], *d[5]) for d in done], 6), chunk_no)
-                if int(status.split()[-1]) != len(done):  # rolls the comparisons back too
-                    raise RuntimeError(f"job {job_id}: {len(done)} judged windows, but only {status.split()[-1]} of "
-                                       f"them are windows of chunk {chunk_no}")
+                updated = int(status.split()[-1])
+                if updated != len(done):  # rolls the comparisons back too
+                    raise RuntimeError(f"job {job_id}: {len(done)} judged windows, but only {updated} of them are "
+                                       f"windows of chunk {chunk_no}")
             if failed:
                 await conn.execute(
                     "UPDATE windows w SET state = 'failed', failure = t.f, failure_cause = t.fc, judged_at = now(),"

@@ -28,21 +28,27 @@ def complete_rows(member_ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.add.reduceat((~member_ok).astype(np.int64), starts) == 0
 
 
+def only_known(ranked: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flat comparisons (``ranked``, ``lengths``) whose members are all in ``keys`` (sorted)."""
+    ranked, lengths, keys = (np.asarray(a, dtype=np.int64) for a in (ranked, lengths, keys))
+    if not len(lengths) or not len(keys):
+        return ranked[:0], lengths[:0]
+    at = np.searchsorted(keys, ranked).clip(0, len(keys) - 1)
+    ok = complete_rows(keys[at] == ranked, lengths)
+    return ranked[np.repeat(ok, lengths)], lengths[ok]
+
+
 def rank_rows(ranked: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> np.ndarray | list[np.ndarray]:
     """Flat comparisons (members in rank order, best first, one comparison after another;
     ``lengths`` = members per comparison; :func:`workers.vidb.versions.gather_comparisons`) →
     rows of item indices for the fit, item i being ``keys[i]`` (sorted text ids). Comparisons with
-    a member outside ``keys`` are skipped. When every comparison has one size (a pairwise build)
-    the rows come as one 2-D array, which the fit takes as is; otherwise a list of 1-D arrays."""
-    ranked, lengths, keys = (np.asarray(a, dtype=np.int64) for a in (ranked, lengths, keys))
-    if not len(lengths) or not len(keys):
-        return []
-    at = np.searchsorted(keys, ranked).clip(0, len(keys) - 1)
-    ok = complete_rows(keys[at] == ranked, lengths)
-    idx = at[np.repeat(ok, lengths)].astype(np.intp)
-    lengths = lengths[ok]
+    a member outside ``keys`` are skipped (:func:`only_known`). When every comparison has one size
+    (a pairwise build) the rows come as one 2-D array, which the fit takes as is; otherwise a list
+    of 1-D arrays."""
+    ranked, lengths = only_known(ranked, lengths, keys)
     if not len(lengths):
         return []
+    idx = np.searchsorted(np.asarray(keys, dtype=np.int64), ranked).astype(np.intp)
     if (lengths == lengths[0]).all():
         return idx.reshape(len(lengths), int(lengths[0]))
     return np.split(idx, np.cumsum(lengths)[:-1])

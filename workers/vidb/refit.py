@@ -19,7 +19,7 @@ import numpy as np
 from workers.jobs.kind import JobFailure
 from workers.stats.calibration import MIN_REFERENCE_POINTS
 from workers.vidb import versions as V
-from workers.vidb.fit import complete_rows, fit_utilities, isotonic, minmax, rank_rows
+from workers.vidb.fit import fit_utilities, isotonic, minmax, only_known, rank_rows
 
 
 @dataclass
@@ -47,8 +47,7 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
     refs = refs or {}
     candidates = set(current) | set(new_src) | set(refs)
     ranked, lengths = await V.gather_comparisons(conn, value, [job_id, *(from_jobs or [])])
-    keep = complete_rows(np.isin(ranked, np.fromiter(candidates, dtype=np.int64, count=len(candidates))), lengths)
-    ranked, lengths = ranked[np.repeat(keep, lengths)], lengths[keep]
+    ranked, lengths = only_known(ranked, lengths, np.array(sorted(candidates), dtype=np.int64))
     tids = np.unique(ranked)
     if not len(tids):
         raise JobFailure(f"no judged comparisons for {value!r}: every window failed (jobs resume --retry-failed)")
