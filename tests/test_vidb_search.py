@@ -7,7 +7,7 @@ import pytest
 
 from workers.stats import plackett_luce as pl
 from workers.vidb import search as S
-from workers.vidb.fit import complete_rows, fit_utilities, local_refit, only_known, rank_rows, touched
+from workers.vidb.fit import complete_rows, fit_utilities, only_known, rank_rows
 
 
 def _posterior_at(grid, centre, sd):
@@ -80,51 +80,20 @@ def _expansion_data(n=400, n_new=20, seed=0):
     return theta, answer(base), answer(extra)
 
 
-def test_fit_with_free_mask_holds_the_rest_and_solves_the_block():
-    theta, base, extra = _expansion_data()
-    n, N = 400, 420
-    data = np.concatenate([base, extra])
-    init = np.zeros(N)
-    init[:n] = pl.fit(n, base, prior=0.1, tol=1e-10).utilities
-    free = np.zeros(N, dtype=bool)
-    free[n:] = True
-    res = pl.fit(N, data, prior=0.1, init=init, free=free, tol=1e-10)
-    assert np.array_equal(res.utilities[:n], init[:n])
-    g = pl.gradient(N, data, res.utilities, prior=0.1)
-    assert np.abs(g[n:]).max() < 1e-6 and np.abs(g[:n]).max() > 1e-3
-    with pytest.raises(ValueError, match="free: expected a bool mask"):
-        pl.fit(N, data, prior=0.1, init=init, free=free[:-1])
-    with pytest.raises(ValueError, match="free: needs prior > 0 and init"):
-        pl.fit(N, data, prior=0.0, init=init, free=free)
-    with pytest.raises(ValueError, match="free: needs prior > 0 and init"):
-        pl.fit(N, data, prior=0.1, free=free)
-
-
-def test_touched_items_and_windows():
-    data = pl.prepare(6, [[0, 1], [1, 2], [3, 4], [5, 3, 0]])
-    items, wins = touched(data, np.array([0]))
-    assert items.tolist() == [True, True, False, True, False, True]
-    assert wins.tolist() == [True, False, False, True]
-
-
-def test_warm_refit_with_local_block_reaches_the_cold_optimum_in_fewer_full_steps():
+def test_warm_refit_reaches_the_cold_optimum_in_fewer_steps():
     theta, base, extra = _expansion_data(n=1500, n_new=60, seed=3)
     n, N = 1500, 1560
     rows = list(np.concatenate([base, extra]))
     prev = pl.fit(n, base, prior=0.1, tol=1e-8).utilities
     init = np.concatenate([prev, np.zeros(N - n)])
     cold = fit_utilities(N, rows, 0.1)
-    plain = fit_utilities(N, rows, 0.1, init)
-    warm = fit_utilities(N, rows, 0.1, init, changed=np.arange(n, N))
+    warm = fit_utilities(N, rows, 0.1, init)
     assert np.abs(warm.utility - cold.utility).max() < 1e-6
     assert np.abs(warm.stderr - cold.stderr).max() < 1e-6
-    assert warm.block_iter >= 1 and warm.n_iter < plain.n_iter < cold.n_iter
+    assert warm.n_iter < cold.n_iter
     # the rows as one 2-D array (what rank_rows gives a pairwise refit): the same fit
-    arr = fit_utilities(N, np.stack(rows), 0.1, init, changed=np.arange(n, N))
+    arr = fit_utilities(N, np.stack(rows), 0.1, init)
     assert np.array_equal(arr.utility, warm.utility) and np.array_equal(arr.stderr, warm.stderr)
-    # the local step alone already puts the new items close to the optimum
-    loc = local_refit(pl.prepare(N, rows), init, np.arange(n, N), 0.1).utilities
-    assert np.abs(loc[n:] - cold.utility[n:]).max() < 0.1 * np.abs(init[n:] - cold.utility[n:]).max()
 
 
 # -- rank rows ----------------------------------------------------------------------------------------------

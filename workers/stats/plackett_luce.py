@@ -271,7 +271,7 @@ def _pcg(hvp, b: np.ndarray, diag: np.ndarray, rtol: float, max_iter: int, const
         b = b - b.mean()
     x = np.zeros_like(b)
     r = b.copy()
-    inv_d = 1.0 / np.maximum(diag, 1e-12)  # diag = inf: a coordinate held fixed
+    inv_d = 1.0 / np.maximum(diag, 1e-12)
     z = r * inv_d
     if const_eig:
         z -= z.mean()
@@ -306,27 +306,15 @@ def _center(theta: np.ndarray, comps: list[np.ndarray] | None) -> np.ndarray:
 
 
 def fit(n_items: int, observations, weights=None, prior: float = 0.0, init=None, tol: float = 1e-5,
-        max_iter: int = 100, check_connected: bool = True, free=None) -> PLFit:
+        max_iter: int = 100, check_connected: bool = True) -> PLFit:
     """Maximum-likelihood (``prior=0``) or MAP (``prior=λ>0``) Plackett–Luce utilities.
 
     ``init`` warm-starts from a previous fit (incremental refits: new items may start at 0).
     Without a prior the comparison graph must be strongly connected; otherwise ``ValueError``
     names the components. Returns utilities centred to mean zero when ``prior == 0``.
-
-    ``free`` (bool mask, needs ``prior > 0`` and ``init``): optimise only those coordinates, the
-    others stay at ``init`` — block coordinate descent, :math:`\min_{\theta_F} f(\theta_F,
-    \theta_{\bar F})`, the same Newton–CG with gradient and Hessian restricted to F (a refit can
-    first settle the items new data touches, then finish with a full fit).
     """
     if not np.isfinite(prior) or prior < 0:
         raise ValueError(f"prior: must be finite and >= 0, got {prior!r}")
-    mask = None
-    if free is not None:
-        mask = np.asarray(free, dtype=bool)
-        if mask.shape != (n_items,):
-            raise ValueError(f"free: expected a bool mask of shape ({n_items},), got {mask.shape}")
-        if prior == 0 or init is None:
-            raise ValueError("free: needs prior > 0 and init (the fixed coordinates' values)")
     data = observations if isinstance(observations, Observations) else prepare(n_items, observations, weights)
     if prior == 0 and check_connected:
         comps = components(n_items, data, strong=True)
@@ -351,8 +339,6 @@ def fit(n_items: int, observations, weights=None, prior: float = 0.0, init=None,
     converged, it, gnorm = False, 0, np.inf
     for it in range(1, max_iter + 1):
         g = ker.grad_nll() + prior * theta
-        if mask is not None:
-            g = np.where(mask, g, 0.0)
         gnorm = float(np.abs(g).max())
         if gnorm < 1e-12:
             converged = True
@@ -361,11 +347,7 @@ def fit(n_items: int, observations, weights=None, prior: float = 0.0, init=None,
         hvp = (lambda v, ker=ker: ker.hvp(v) + prior * v) if prior else ker.hvp
         # Inexact Newton: loose inner solves far from the optimum, tight near it.
         rtol = min(0.1, np.sqrt(np.sqrt(g @ g) / (1.0 + np.abs(diag).max())))
-        if mask is not None:
-            diag = np.where(mask, diag, np.inf)  # PCG: fixed coordinates get no preconditioned residual
-            hvp = (lambda v, h=hvp: np.where(mask, h(np.where(mask, v, 0.0)), 0.0))
-        step = _pcg(hvp, -g, diag, rtol=max(rtol, 1e-10), max_iter=200,
-                    const_eig=prior if mask is None else 0.0)
+        step = _pcg(hvp, -g, diag, rtol=max(rtol, 1e-10), max_iter=200, const_eig=prior)
         if prior == 0:
             step -= step.mean()
         # Armijo backtracking keeps the fit monotone from any start; the accepted kernel is reused.

@@ -53,7 +53,7 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
         raise JobFailure(f"no judged comparisons for {value!r}: every window failed (jobs resume --retry-failed)")
     index = {t: i for i, t in enumerate(tids.tolist())}
     rows = rank_rows(ranked, lengths, tids)
-    init, changed = None, None
+    init = None
     if warm:
         init = np.zeros(len(tids))
         for t, i in index.items():
@@ -61,9 +61,7 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
                 init[i] = current[t]["utility"]
             elif init_new and t in init_new:
                 init[i] = init_new[t]
-        # the added texts' windows are the new data: settle what they reach first (fit.local_refit)
-        changed = np.array([i for t, i in index.items() if t not in current], dtype=np.intp)
-    fit = fit_utilities(len(tids), rows, prior, init, changed)
+    fit = fit_utilities(len(tids), rows, prior, init)
     u, se = fit.utility, fit.stderr
     # references: the build's, or every current item that was fitted
     if refs:
