@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 
+import asyncpg
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -295,3 +296,32 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
     assert res.returncode != 0 and "has no VIDB version 7" in res.stderr
     res = run_cli(["vidb", "diff", "--value", VALUE, "1", "1"], env, check=True)
     assert "0 added, 0 removed, 0 changed" in res.stdout
+    # Parquet export: the same columns as JSONL, read back whole
+    import pyarrow.parquet as pq
+
+    run_cli(["vidb", "export", "--value", VALUE, "--version", "1", "-o", str(tmp_path / "v1.parquet")], env, check=True)
+    table = pq.read_table(tmp_path / "v1.parquet").to_pylist()
+    assert len(table) == 80 and {t["text"]: t["intensity"] for t in table} == by_text
+    assert all(t["version"] == 1 and t["utility"] is not None and t["stderr"] > 0 and t["flags"] == [] for t in table)
+
+    # items imported into a value that has versions get one (kind import), so scoring plans with them
+    extra = tmp_path / "more.csv"
+    with extra.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["text", "final_rating"], ["An imported kindness, freely given.", 4.5],
+                                  ["An imported slight, on purpose.", -3.0]])
+    assert "2 new items" in run_cli(["vidb", "import", str(extra), "--value", VALUE], env, check=True).stdout
+    v2 = asyncio.run(_fetch(pg_url, "SELECT kind, job_id, n_items, n_new FROM vidb_versions WHERE value = $1"
+                                    " AND version = 2", VALUE))
+    assert [tuple(r) for r in v2] == [("import", None, 82, 2)]
+    res = run_cli(["vidb", "diff", "--value", VALUE, "1", "2"], env, check=True)
+    assert "2 added, 0 removed, 0 changed" in res.stdout
+    assert "0 new items" in run_cli(["vidb", "import", str(extra), "--value", VALUE], env, check=True).stdout
+    assert len(asyncio.run(_fetch(pg_url, "SELECT 1 FROM vidb_versions WHERE value = $1", VALUE))) == 2  # none added
+
+
+async def _fetch(url, sql, *args):
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()

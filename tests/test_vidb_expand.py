@@ -279,6 +279,26 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
     assert {int(e["item_id"]) for e in exported if e["flagged"] == "True"} == flagged
     assert all((int(e["implausible_votes"]) >= 2) == (e["flagged"] == "True") for e in exported)
     assert all(e["text"] == tid[int(e["item_id"])] for e in exported)
+    # the verdict is a version (the same items and intensities, the new flags): scoring jobs plan
+    # against the latest version, so `--vidb-filter agreed` leaves the flagged items out
+    v = asyncio.run(q("SELECT version, kind, job_id, n_items, n_new FROM vidb_versions ORDER BY version DESC LIMIT 1"))[0]
+    assert (v["kind"], v["job_id"], v["n_items"], v["n_new"]) == ("audit", audit, 140, 0)
+    snap = asyncio.run(q("SELECT item_id, intensity, flags FROM vidb_version_items WHERE version = $1", v["version"]))
+    assert {r["item_id"] for r in snap if "implausible" in r["flags"]} == flagged
+    prev = {r["id"]: r["intensity"] for r in asyncio.run(q("SELECT id, intensity FROM vidb_items WHERE value = $1", VALUE))}
+    assert {r["item_id"]: r["intensity"] for r in snap} == prev  # the audited intensities (six corrupted by hand)
+
+    async def agreed_pool():
+        from workers.jobs.kinds.score import anchor_pools
+
+        store = await open_test_store(pg_url)
+        try:
+            (pool,) = await anchor_pools(store, [VALUE], 6, {VALUE: v["version"]}, only_agreed=True)
+            return set(pool.item_ids.tolist())
+        finally:
+            await store.close()
+
+    assert asyncio.run(agreed_pool()) == set(prev) - flagged
 
     sheet = tmp_path / "review.csv"
     res = run_cli(["vidb", "review-export", "--value", VALUE, "-o", str(sheet)], env, check=True)

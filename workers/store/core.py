@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 import asyncpg
 
 from workers.store.jobs import JobsMixin
+from workers.vidb import versions as V
 
 MIGRATION_LOCK = 0x56414C55  # advisory-lock id ("VALU"): serialises concurrent upgrades
 
@@ -111,14 +112,22 @@ class Store(JobsMixin):
     # -- VIDB -----------------------------------------------------------------------------------
     async def add_vidb_items(self, value: str, bodies: Sequence[str], intensities: Sequence[float],
                              source: str) -> int:
-        """Insert VIDB items; an existing (value, text) keeps its row. Returns rows added."""
+        """Insert VIDB items; an existing (value, text) keeps its row. Returns rows added.
+
+        A value that already has versions gets a new one (kind ``import``) holding the added items,
+        so scoring jobs, which plan against the latest version, use them."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await V.value_lock(conn, value)
             ids = await self.intern_texts(bodies, conn)
             status = await self._copy_merge(
                 conn, "vidb_items", ("value", "text_id", "intensity", "source"),
                 [(value, i, float(x), source) for i, x in zip(ids, intensities)],
                 conflict="(value, text_id) DO NOTHING")
-        return int(str(status).split()[-1])
+            added = int(str(status).split()[-1])
+            if added and await V.latest_version(conn, value) > 0:
+                await V.write_version(conn, value, "import", None, [], 0, "kept", n_new=added,
+                                      note=f"{added} item(s) imported from {source}")
+        return added
 
     async def vidb(self, value: str) -> list[asyncpg.Record]:
         """A value's VIDB items: id, text_id, body, intensity, utility, stderr, flags."""

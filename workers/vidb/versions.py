@@ -66,10 +66,11 @@ async def add_sources(conn, value: str, job_ids: Sequence[str]) -> None:
 
 async def write_version(conn: asyncpg.Connection, value: str, kind: str, job_id: str | None,
                         items: Sequence[dict[str, Any]], n_comparisons: int, scale: str,
-                        note: str | None = None) -> int:
+                        note: str | None = None, n_new: int | None = None) -> int:
     """Upsert ``items`` (text_id, intensity, utility, stderr, source) into the value's current rows and
     snapshot every item of the value as the next version; returns its number. Call inside a
-    transaction holding :func:`value_lock`."""
+    transaction holding :func:`value_lock`. ``n_new``: items the caller added itself just before
+    (an import), counted as the version's new items with those ``items`` adds."""
     version = await latest_version(conn, value) + 1
     before = int(await conn.fetchval("SELECT count(*) FROM vidb_items WHERE value = $1", value))
     await conn.execute(
@@ -86,7 +87,7 @@ async def write_version(conn: asyncpg.Connection, value: str, kind: str, job_id:
     await conn.execute(
         "INSERT INTO vidb_versions (value, version, kind, job_id, n_items, n_new, n_comparisons, scale, note)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        value, version, kind, job_id, n_items, n_items - before, n_comparisons, scale, note)
+        value, version, kind, job_id, n_items, n_items - before + (n_new or 0), n_comparisons, scale, note)
     await conn.execute(
         "INSERT INTO vidb_version_items (value, version, item_id, text_id, intensity, utility, stderr, flags, source)"
         " SELECT value, $2, id, text_id, intensity, utility, stderr, flags, source FROM vidb_items WHERE value = $1",

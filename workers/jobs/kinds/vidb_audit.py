@@ -11,7 +11,9 @@
   neighbours in the value's whole snapshot); they replace what an earlier delivery of the chunk
   stored, so a redelivered chunk stores each vote once.
 * **finalize** (``refit``, once, under the value's advisory lock): items with at least
-  ``min_weird`` "implausible" votes get the flag, the other audited items lose it.
+  ``min_weird`` "implausible" votes get the flag, the other audited items lose it, and the value
+  gets a new version (kind ``audit``: the same items and intensities, the new flags), so scoring
+  jobs that plan against it, ``--vidb-filter agreed`` among them, see the verdict.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from workers.jobs.kinds.vidb_build import queue_of_judge
 from workers.store import Store
 from workers.vidb import audit as A
 from workers.vidb.simulated_judge import ensure_judge
-from workers.vidb.versions import value_lock
+from workers.vidb.versions import value_lock, write_version
 
 EXPORT_COLUMNS = ("item_id", "value", "text", "intensity", "votes", "implausible_votes", "flagged")
 
@@ -83,7 +85,9 @@ async def vote_stage(ctx: StageContext) -> None:
 async def finalize(ctx: FinalizeContext) -> None:
     spec: VidbAuditSpec = ctx.spec  # type: ignore[assignment]
     await value_lock(ctx.conn, spec.value)
-    await A.apply_flags(ctx.conn, spec.value, ctx.job["id"], spec.min_weird)
+    flagged = await A.apply_flags(ctx.conn, spec.value, ctx.job["id"], spec.min_weird)
+    await write_version(ctx.conn, spec.value, "audit", ctx.job["id"], [], 0, "kept",
+                        note=f"{len(flagged)} item(s) flagged implausible (at least {spec.min_weird} vote(s))")
 
 
 async def reset_unanswered(conn, job_id: str) -> list[int]:

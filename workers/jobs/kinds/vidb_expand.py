@@ -13,8 +13,8 @@
   against the value's anchors: to the starting posterior and to the refit.
 * **finalize** (``refit``, once, under the value's advisory lock): Plackett–Luce over the value's
   comparisons warm-started from the current utilities and the new texts' search estimates
-  (posterior means), first settling the items the new windows reach; the new texts' intensities by isotonic
-  regression on the current items, one new version.
+  (posterior means); the new texts' intensities by isotonic regression on the current items, one
+  new version.
 """
 
 from __future__ import annotations
