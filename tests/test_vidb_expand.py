@@ -552,3 +552,37 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     assert [ln.split()[1:3] for ln in lines] == [["1", "build"], ["2", "expand"]]
     res = run_cli(["vidb", "diff", "--value", VALUE, "1", "2"], env, check=True)
     assert "30 added, 0 removed" in res.stdout
+
+    # a scoring job ranked other texts against the value's anchors; --from-job folds them in: its
+    # texts join the VIDB, its windows count in their search and in the refit, and it becomes a source
+    scored, _ = corpus(6, seed=11, offset=500)
+    write_jsonl(tmp_path / "scored.jsonl", scored)
+    res = run_cli(["score", str(tmp_path / "scored.jsonl"), "--value", VALUE, "--wait", "--no-local-worker"],
+                  env, timeout=600, check=True)
+    score_job = res.stdout.strip().splitlines()[-1]
+    n_scored = asyncio.run(_count(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", score_job))
+    assert n_scored == 6 * 3  # 3 windows per text, each judged
+    res = run_cli(["vidb", "expand", "--value", VALUE, "--from-job", score_job, "--judge", "simulated:beta=2",
+                   "--rounds", "4", "--wait", "--no-local-worker"], env, timeout=300, check=True)
+    said = " ".join(res.stderr.split())
+    assert "version 3, 126 items (6 new)" in said, said
+    job = asyncio.run(_count(pg_url, "SELECT id FROM jobs WHERE kind = 'vidb-expand' ORDER BY created_at DESC LIMIT 1"))
+    n_expand = asyncio.run(_count(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", job))
+    assert n_expand == 6 * 4
+    n2, n3 = (asyncio.run(_count(pg_url, "SELECT n_comparisons FROM vidb_versions WHERE value = $1 AND version = $2",
+                                 VALUE, v)) for v in (2, 3))
+    assert n3 == n2 + n_expand + n_scored  # every folded window counted, once
+    assert asyncio.run(_count(pg_url, "SELECT count(*) FROM vidb_sources WHERE value = $1 AND job_id = $2",
+                              VALUE, score_job)) == 1
+    added = asyncio.run(_count(pg_url, "SELECT count(*) FROM vidb_items v JOIN texts t ON t.id = v.text_id"
+                                       " WHERE v.value = $1 AND t.body = ANY($2::text[]) AND v.fit_version = 3",
+                               VALUE, [r.text for r in scored]))
+    assert added == 6
+
+
+async def _count(url, sql, *args):
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
