@@ -138,8 +138,12 @@ def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(
     write_refs(tmp_path / "refs.csv", references())
 
     async def hold_lock():
+        # the snapshot table's write lock: the refit takes the value's lock, fits, upserts the items
+        # and the version row, and then blocks on its snapshot INSERT, inside its transaction
+        await (await open_test_store(pg_url)).close()  # the schema, before any job
         conn = await asyncpg.connect(pg_url)
-        await conn.execute("SELECT pg_advisory_lock(hashtext('vidb:' || $1)::bigint)", VALUE)
+        await conn.execute("BEGIN")
+        await conn.execute("LOCK TABLE vidb_version_items IN SHARE ROW EXCLUSIVE MODE")
         return conn
 
     async def q(sql, *args):
@@ -159,14 +163,15 @@ def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(
         job_id = res.stdout.strip().splitlines()[-1]
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            waiting = asyncio.run(q("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+            waiting = asyncio.run(q("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'relation' AND NOT granted"
+                                    " AND relation = 'vidb_version_items'::regclass"))
             state = asyncio.run(q("SELECT state FROM jobs WHERE id = $1", job_id))[0]["state"]
             if waiting[0]["n"] and state == "finalizing":
                 break
             time.sleep(0.3)
         else:
             raise AssertionError(f"the refit never started:\n{workers.logs()[-3000:]}")
-        workers.kill(w)  # kill -9 in the middle of the refit transaction
+        workers.kill(w)  # kill -9 in the middle of the refit's writes
     finally:
         loop.run_until_complete(lock.close())
         loop.close()
@@ -281,8 +286,9 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
     assert all(e["text"] == tid[int(e["item_id"])] for e in exported)
     # the verdict is a version (the same items and intensities, the new flags): scoring jobs plan
     # against the latest version, so `--vidb-filter agreed` leaves the flagged items out
-    v = asyncio.run(q("SELECT version, kind, job_id, n_items, n_new FROM vidb_versions ORDER BY version DESC LIMIT 1"))[0]
-    assert (v["kind"], v["job_id"], v["n_items"], v["n_new"]) == ("audit", audit, 140, 0)
+    v = asyncio.run(q("SELECT version, kind, job_id, n_items, n_new, note FROM vidb_versions ORDER BY version DESC LIMIT 1"))[0]
+    assert (v["kind"], v["job_id"], v["n_items"], v["n_new"]) == ("audit", None, 140, 0)
+    assert v["note"].startswith(f"audit {audit}: {len(flagged)} item(s) flagged implausible")
     snap = asyncio.run(q("SELECT item_id, intensity, flags FROM vidb_version_items WHERE version = $1", v["version"]))
     assert {r["item_id"] for r in snap if "implausible" in r["flags"]} == flagged
     prev = {r["id"]: r["intensity"] for r in asyncio.run(q("SELECT id, intensity FROM vidb_items WHERE value = $1", VALUE))}
@@ -510,6 +516,9 @@ def test_resume_retry_failed_asks_again_for_the_votes_an_api_judge_did_not_give(
         await lifecycle.run_inline(store, res, sends)
         job = await store.job("audit-retry")
         assert job["state"] == "done" and job["finalize_runs"] == 2
+        notes = [r["note"] for r in await store.pool.fetch(
+            "SELECT note FROM vidb_versions WHERE kind = 'audit' ORDER BY version")]
+        assert len(notes) == 2 and all(n.startswith("audit audit-retry: ") for n in notes)  # one per finalize
         votes = await audit_votes(store, "audit-retry")
         assert len(votes) == 50 and {j for _, j in votes} == {"auditor"}
         assert sum(srv.server.by_model.values()) == 50 + 20  # chunk 0 asked again in full

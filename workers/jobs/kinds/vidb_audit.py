@@ -12,7 +12,8 @@
   stored, so a redelivered chunk stores each vote once.
 * **finalize** (``refit``, once, under the value's advisory lock): items with at least
   ``min_weird`` "implausible" votes get the flag, the other audited items lose it, and the value
-  gets a new version (kind ``audit``: the same items and intensities, the new flags), so scoring
+  gets a new version (kind ``audit``, a new one each time the audit finalizes, the audit named in
+  its note: the same items and intensities, the new flags), so scoring
   jobs that plan against it, ``--vidb-filter agreed`` among them, see the verdict.
 """
 
@@ -86,8 +87,11 @@ async def finalize(ctx: FinalizeContext) -> None:
     spec: VidbAuditSpec = ctx.spec  # type: ignore[assignment]
     await value_lock(ctx.conn, spec.value)
     flagged = await A.apply_flags(ctx.conn, spec.value, ctx.job["id"], spec.min_weird)
-    await write_version(ctx.conn, spec.value, "audit", ctx.job["id"], [], 0, "kept",
-                        note=f"{len(flagged)} item(s) flagged implausible (at least {spec.min_weird} vote(s))")
+    # the note names the audit: an audit may finalize again (resume --retry-failed), and a version's
+    # job_id is unique per value (a refit writes exactly one)
+    await write_version(ctx.conn, spec.value, "audit", None, [], 0, "kept",
+                        note=f"audit {ctx.job['id']}: {len(flagged)} item(s) flagged implausible "
+                             f"(at least {spec.min_weird} vote(s))")
 
 
 async def reset_unanswered(conn, job_id: str) -> list[int]:
