@@ -310,16 +310,16 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
         csv.writer(fh).writerows([["text", "final_rating"], ["An imported kindness, freely given.", 4.5],
                                   ["An imported slight, on purpose.", -3.0]])
     assert "2 new items" in run_cli(["vidb", "import", str(extra), "--value", VALUE], env, check=True).stdout
-    v2 = asyncio.run(_fetch(pg_url, "SELECT kind, job_id, n_items, n_new FROM vidb_versions WHERE value = $1"
+    v2 = asyncio.run(fetch(pg_url, "SELECT kind, job_id, n_items, n_new FROM vidb_versions WHERE value = $1"
                                     " AND version = 2", VALUE))
     assert [tuple(r) for r in v2] == [("import", None, 82, 2)]
     res = run_cli(["vidb", "diff", "--value", VALUE, "1", "2"], env, check=True)
     assert "2 added, 0 removed, 0 changed" in res.stdout
     assert "0 new items" in run_cli(["vidb", "import", str(extra), "--value", VALUE], env, check=True).stdout
-    assert len(asyncio.run(_fetch(pg_url, "SELECT 1 FROM vidb_versions WHERE value = $1", VALUE))) == 2  # none added
+    assert len(asyncio.run(fetch(pg_url, "SELECT 1 FROM vidb_versions WHERE value = $1", VALUE))) == 2  # none added
 
 
-async def _fetch(url, sql, *args):
+async def fetch(url, sql, *args):
     conn = await asyncpg.connect(url)
     try:
         return await conn.fetch(sql, *args)

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from tests.conftest import _admin, _db_url, open_test_store, run_cli
-from tests.test_vidb_build import VALUE, build_inline, corpus, references, write_jsonl, write_refs
+from tests.test_vidb_build import VALUE, build_inline, corpus, fetch, references, write_jsonl, write_refs
 
 
 async def expand_stages(store, rows, job_id, rounds=10, **kw):
@@ -590,8 +590,4 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
 
 
 async def _count(url, sql, *args):
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval(sql, *args)
-    finally:
-        await conn.close()
+    return (await fetch(url, sql, *args))[0][0]
