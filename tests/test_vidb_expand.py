@@ -547,6 +547,14 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     res = run_cli(["vidb", "expand", str(tmp_path / "new.jsonl"), "--value", VALUE, "--judge", "simulated",
                    "--from-job", "nope"], env)
     assert res.returncode != 0 and "--from-job nope: no scoring job" in res.stderr
+    (tmp_path / "empty.jsonl").write_text("")
+    res = run_cli(["vidb", "expand", str(tmp_path / "empty.jsonl"), "--value", VALUE, "--judge", "simulated"], env)
+    assert res.returncode != 0 and "empty corpus" in res.stderr
+    write_jsonl(tmp_path / "known.jsonl", rows[68:72])  # rows[68:70] were built into the VIDB
+    res = run_cli(["vidb", "expand", str(tmp_path / "known.jsonl"), "--value", VALUE, "--judge", "simulated"], env)
+    assert res.returncode != 0 and f"known.jsonl:1: field 'text': already in the VIDB of '{VALUE}'" in res.stderr
+    assert asyncio.run(_count(pg_url, "SELECT count(*) FROM jobs WHERE kind = 'vidb-expand'")) == 0
+    assert asyncio.run(_count(pg_url, "SELECT count(*) FROM vidb_versions")) == 1
     workers.start()
     res = run_cli(["vidb", "expand", str(tmp_path / "new.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
                    "--rounds", "7", "--items-per-chunk", "10", "--wait", "--no-local-worker",
@@ -569,6 +577,8 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     res = run_cli(["score", str(tmp_path / "scored.jsonl"), "--value", VALUE, "--wait", "--no-local-worker"],
                   env, timeout=600, check=True)
     score_job = res.stdout.strip().splitlines()[-1]
+    spec = json.loads(asyncio.run(_count(pg_url, "SELECT spec::text FROM jobs WHERE id = $1", score_job)))
+    assert spec["vidb_versions"] == {VALUE: 2}  # planned against the latest version, recorded
     n_scored = asyncio.run(_count(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", score_job))
     assert n_scored == 6 * 3  # 3 windows per text, each judged
     res = run_cli(["vidb", "expand", "--value", VALUE, "--from-job", score_job, "--judge", "simulated:beta=2",
@@ -591,3 +601,32 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
 
 async def _count(url, sql, *args):
     return (await fetch(url, sql, *args))[0][0]
+
+
+def test_cli_build_k_way_with_minmax_scale_and_no_references(env, workers, tmp_path, pg_url):
+    rows, theta = corpus(40, seed=21)
+    write_jsonl(tmp_path / "corpus.jsonl", rows)
+    workers.start()
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
+                   "--k", "3", "--comparisons-per-text", "6", "--scale", "minmax", "--wait", "--no-local-worker",
+                   "-o", str(tmp_path / "built.jsonl")], env, timeout=300, check=True)
+    assert "version 1, 40 items (40 new)" in " ".join(res.stderr.split())
+    job = asyncio.run(_count(pg_url, "SELECT id FROM jobs WHERE kind = 'vidb-build'"))
+    sizes = asyncio.run(fetch(pg_url, "SELECT cardinality(members) AS k, count(*) AS n FROM windows WHERE job_id = $1"
+                                      " GROUP BY 1", job))
+    assert len(sizes) == 1 and sizes[0]["k"] == 3
+    n_windows = sizes[0]["n"]
+    per_text = asyncio.run(fetch(pg_url, "SELECT m, count(*) AS n FROM windows, unnest(members) m WHERE job_id = $1"
+                                         " GROUP BY m", job))
+    # balanced: every text in 6 windows, except that 40 texts do not split into windows of 3, so
+    # each of the 6 rounds fills its last window with two texts shown twice in that round
+    counts = [r["n"] for r in per_text]
+    assert len(counts) == 40 and min(counts) == 6 and sum(counts) == 3 * n_windows == 6 * 40 + 6 * 2
+    assert asyncio.run(_count(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1"
+                                      " AND cardinality(ranking) = 3", job)) == n_windows
+    v = asyncio.run(fetch(pg_url, "SELECT scale, n_comparisons FROM vidb_versions WHERE value = $1", VALUE))
+    assert [tuple(r) for r in v] == [("minmax", n_windows)]
+    built = [json.loads(x) for x in (tmp_path / "built.jsonl").read_text().splitlines()]
+    inten = np.array([b["intensity"] for b in built])
+    assert inten.min() == -10 and inten.max() == 10  # min–max: the extremes at the ends of the scale
+    assert spearmanr(inten, theta).statistic >= 0.8
