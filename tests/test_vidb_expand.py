@@ -106,9 +106,24 @@ def test_two_concurrent_expansions_of_one_value_both_land_in_order(pg_url):
             await build_inline(store, rows[:140], references(), per_text=8)
             fa = await expand_stages(store, rows[140:170], "exp-a", rounds=6)
             fb = await expand_stages(store, rows[170:], "exp-b", rounds=6)
-            # both refits at once, on separate connections: the value lock serialises them
-            ran = await asyncio.gather(lifecycle.run_finalize(stores[0], Resources(), "exp-a"),
-                                       lifecycle.run_finalize(stores[1], Resources(), "exp-b"))
+            # both refits at once, on separate connections, while a third holds the value's lock:
+            # both wait for it; a write to another value does not
+            holder = await asyncpg.connect(pg_url)
+            await holder.execute("SELECT pg_advisory_lock(hashtext('vidb:' || $1)::bigint)", VALUE)
+            both = asyncio.gather(lifecycle.run_finalize(stores[0], Resources(), "exp-a"),
+                                  lifecycle.run_finalize(stores[1], Resources(), "exp-b"))
+            waiting = 0
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                waiting = await store.pool.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                if waiting == 2:
+                    break
+            assert waiting == 2 and not both.done()
+            other = await asyncio.wait_for(store.add_vidb_items("care-harm", ["Another value's item."], [3.0], "t"), 30)
+            assert other == 1 and await store.pool.fetchval("SELECT count(*) FROM vidb_versions") == 1
+            await holder.close()
+            ran = await both
             assert ran == [True, True]
             assert [(await store.job(j))["state"] for j in ("exp-a", "exp-b")] == ["done", "done"]
             vs = await store.pool.fetch("SELECT version, job_id, n_items, n_new FROM vidb_versions ORDER BY version")
@@ -120,7 +135,7 @@ def test_two_concurrent_expansions_of_one_value_both_land_in_order(pg_url):
             both = {r["text_id"] for r in await store.pool.fetch(
                 "SELECT text_id FROM job_items WHERE job_id IN ('exp-a', 'exp-b')")}
             assert both <= last and len(last) == 220
-            assert await store.pool.fetchval("SELECT count(*) FROM vidb_items") == 220
+            assert await store.pool.fetchval("SELECT count(*) FROM vidb_items WHERE value = $1", VALUE) == 220
             # the later refit counted the earlier expansion's comparisons too
             n = {v["job_id"]: v for v in await store.pool.fetch("SELECT job_id, n_comparisons FROM vidb_versions")}
             later = vs[2]["job_id"]

@@ -16,8 +16,8 @@ import numpy as np
 
 
 async def value_lock(conn: asyncpg.Connection, value: str) -> None:
-    """Transaction-scoped advisory lock on a value (expansions, refits and adjudications of one value
-    run one at a time; different values in parallel)."""
+    """Transaction-scoped advisory lock on a value: every write to its items (a refit, an audit's
+    verdict, an adjudication, an import) runs one at a time; different values in parallel."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('vidb:' || $1)::bigint)", value)
 
 
