@@ -613,6 +613,23 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
                                VALUE, [r.text for r in scored]))
     assert added == 6
 
+    # --vidb-version pins a value to an earlier version: the job's anchors come from that snapshot
+    for pin, err in ((f"{VALUE}=9", f"value '{VALUE}' has no VIDB version 9 (latest: 3)"),
+                     ("care-harm=1", "'care-harm' is not one of the values this job scores"),
+                     (f"{VALUE}=one", "expected VALUE=N with a version N >= 1")):
+        res = run_cli(["score", str(tmp_path / "scored.jsonl"), "--value", VALUE, "--vidb-version", pin], env)
+        assert res.returncode != 0 and err in res.stderr, res.stderr
+    res = run_cli(["score", str(tmp_path / "scored.jsonl"), "--value", VALUE, "--vidb-version", f"{VALUE}=1"],
+                  env, check=True)
+    pinned = res.stdout.strip().splitlines()[-1]
+    spec = json.loads(asyncio.run(_count(pg_url, "SELECT spec::text FROM jobs WHERE id = $1", pinned)))
+    assert spec["vidb_versions"] == {VALUE: 1}
+    v1 = {r["item_id"] for r in asyncio.run(fetch(
+        pg_url, "SELECT item_id FROM vidb_version_items WHERE value = $1 AND version = 1", VALUE))}
+    used = {a for r in asyncio.run(fetch(pg_url, "SELECT anchor_ids FROM windows WHERE job_id = $1", pinned))
+            for a in r["anchor_ids"]}
+    assert used and used <= v1 and len(v1) == 90  # version 1: the build's 70 texts and 20 references
+
 
 async def _count(url, sql, *args):
     return (await fetch(url, sql, *args))[0][0]

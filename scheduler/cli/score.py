@@ -45,6 +45,9 @@ def resolve_values(values, theories):
                    "from the nearest non-empty bucket")
 @click.option("--vidb-filter", type=click.Choice(["all", "agreed"]), default="all", show_default=True,
               help="agreed: use only VIDB anchors no judge panel flagged implausible and no person disputed")
+@click.option("--vidb-version", "vidb_pins", multiple=True, metavar="VALUE=N",
+              help="plan VALUE's windows against version N of its VIDB (reproduce an earlier job after the "
+                   "VIDB grew) [default: each value's latest]; repeatable")
 @click.option("--min-anchor-tau", type=click.FloatRange(-1, 1), default=None,
               help="fail the job if the judge orders the VIDB anchors worse than this Kendall tau")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -56,8 +59,8 @@ def resolve_values(values, theories):
 @click.option("--local-worker/--no-local-worker", default=None,
               help="run a worker inside this command while waiting [default: on for the embedded default]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="export scores here when done (.jsonl/.csv/.parquet)")
-def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empty_bucket, vidb_filter, min_anchor_tau, seed, id_field, text_field,
-          chunk_size, dry_run, wait, local_worker, output) -> None:
+def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empty_bucket, vidb_filter, vidb_pins,
+          min_anchor_tau, seed, id_field, text_field, chunk_size, dry_run, wait, local_worker, output) -> None:
     """Score INPUT's texts for value intensity in [-10, 10] through the queue."""
     from scheduler import jobs as J
     from schemas.messages import ScoreJobSpec
@@ -66,6 +69,7 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
     from workers.judges.config import get_judge_config
 
     vals = resolve_values(values, theories)
+    pins = _version_pins(vidb_pins, [v.key for v in vals])
     try:
         get_judge_config(judge)
     except ValueError as exc:
@@ -96,9 +100,30 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
         from workers.vidb.versions import latest_versions
 
         # record the VIDB version of every value planned against (0: never fitted, the current items)
-        return spec.model_copy(update={"vidb_versions": await latest_versions(store.pool, spec.values)})
+        versions = await latest_versions(store.pool, spec.values)
+        for value, n in pins.items():
+            if n != versions[value] and not await store.pool.fetchval(
+                    "SELECT 1 FROM vidb_versions WHERE value = $1 AND version = $2", value, n):
+                raise click.BadParameter(f"value {value!r} has no VIDB version {n} (latest: {versions[value]})",
+                                         param_hint="--vidb-version")
+        return spec.model_copy(update={"vidb_versions": {**versions, **pins}})
 
     submit_and_follow(score_kind.KIND, spec, lambda s: score_kind.planner(s, itertools.chain([first], batches)),
                       lambda job, s: f"{job['n_items']} texts × {len(vals)} values × {m} windows "
                                      f"(k={k}, judge {judge}, mode {mode}, layout {s.layout})",
                       wait=wait, local_worker=local_worker, output=output, prepare=with_versions)
+
+
+def _version_pins(pins: tuple[str, ...], values: list[str]) -> dict[str, int]:
+    """``VALUE=N`` options → {value key: version}; the value must be one the job scores, N ≥ 1."""
+    out: dict[str, int] = {}
+    for pin in pins:
+        name, sep, num = pin.partition("=")
+        if not sep or not num.strip().isdigit() or int(num) < 1:
+            raise click.BadParameter(f"{pin!r}: expected VALUE=N with a version N >= 1", param_hint="--vidb-version")
+        keys = [v.key for v in resolve_values((name.strip(),), ())]
+        if len(keys) != 1 or keys[0] not in values:
+            raise click.BadParameter(f"{pin!r}: {name.strip()!r} is not one of the values this job scores",
+                                     param_hint="--vidb-version")
+        out[keys[0]] = int(num)
+    return out
