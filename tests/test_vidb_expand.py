@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import json
 import time
 import uuid
@@ -161,12 +162,7 @@ def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(
         await conn.execute("LOCK TABLE vidb_version_items IN SHARE ROW EXCLUSIVE MODE")
         return conn
 
-    async def q(sql, *args):
-        conn = await asyncpg.connect(pg_url)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
+    q = functools.partial(fetch, pg_url)
 
     loop = asyncio.new_event_loop()
     lock = loop.run_until_complete(hold_lock())  # the refit will block inside its transaction
@@ -250,12 +246,7 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
     corrupted = asyncio.run(setup())
     assert len(corrupted) == 6
 
-    async def q(sql, *args):
-        conn = await asyncpg.connect(pg_url)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
+    q = functools.partial(fetch, pg_url)
 
     # bad inputs are refused with a clear error before any job exists
     res = run_cli(["vidb", "audit", "--value", VALUE, "--panel", "simulated:beta=3", "--min-weird", "2"], env)
@@ -568,8 +559,8 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     write_jsonl(tmp_path / "known.jsonl", rows[68:72])  # rows[68:70] were built into the VIDB
     res = run_cli(["vidb", "expand", str(tmp_path / "known.jsonl"), "--value", VALUE, "--judge", "simulated"], env)
     assert res.returncode != 0 and f"known.jsonl:1: field 'text': already in the VIDB of '{VALUE}'" in res.stderr
-    assert asyncio.run(_count(pg_url, "SELECT count(*) FROM jobs WHERE kind = 'vidb-expand'")) == 0
-    assert asyncio.run(_count(pg_url, "SELECT count(*) FROM vidb_versions")) == 1
+    assert asyncio.run(_scalar(pg_url, "SELECT count(*) FROM jobs WHERE kind = 'vidb-expand'")) == 0
+    assert asyncio.run(_scalar(pg_url, "SELECT count(*) FROM vidb_versions")) == 1
     workers.start()
     res = run_cli(["vidb", "expand", str(tmp_path / "new.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
                    "--rounds", "7", "--items-per-chunk", "10", "--wait", "--no-local-worker",
@@ -592,23 +583,23 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     res = run_cli(["score", str(tmp_path / "scored.jsonl"), "--value", VALUE, "--wait", "--no-local-worker"],
                   env, timeout=600, check=True)
     score_job = res.stdout.strip().splitlines()[-1]
-    spec = json.loads(asyncio.run(_count(pg_url, "SELECT spec::text FROM jobs WHERE id = $1", score_job)))
+    spec = json.loads(asyncio.run(_scalar(pg_url, "SELECT spec::text FROM jobs WHERE id = $1", score_job)))
     assert spec["vidb_versions"] == {VALUE: 2}  # planned against the latest version, recorded
-    n_scored = asyncio.run(_count(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", score_job))
+    n_scored = asyncio.run(_scalar(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", score_job))
     assert n_scored == 6 * 3  # 3 windows per text, each judged
     res = run_cli(["vidb", "expand", "--value", VALUE, "--from-job", score_job, "--judge", "simulated:beta=2",
                    "--rounds", "4", "--wait", "--no-local-worker"], env, timeout=300, check=True)
     said = " ".join(res.stderr.split())
     assert "version 3, 126 items (6 new)" in said, said
-    job = asyncio.run(_count(pg_url, "SELECT id FROM jobs WHERE kind = 'vidb-expand' ORDER BY created_at DESC LIMIT 1"))
-    n_expand = asyncio.run(_count(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", job))
+    job = asyncio.run(_scalar(pg_url, "SELECT id FROM jobs WHERE kind = 'vidb-expand' ORDER BY created_at DESC LIMIT 1"))
+    n_expand = asyncio.run(_scalar(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", job))
     assert n_expand == 6 * 4
-    n2, n3 = (asyncio.run(_count(pg_url, "SELECT n_comparisons FROM vidb_versions WHERE value = $1 AND version = $2",
+    n2, n3 = (asyncio.run(_scalar(pg_url, "SELECT n_comparisons FROM vidb_versions WHERE value = $1 AND version = $2",
                                  VALUE, v)) for v in (2, 3))
     assert n3 == n2 + n_expand + n_scored  # every folded window counted, once
-    assert asyncio.run(_count(pg_url, "SELECT count(*) FROM vidb_sources WHERE value = $1 AND job_id = $2",
+    assert asyncio.run(_scalar(pg_url, "SELECT count(*) FROM vidb_sources WHERE value = $1 AND job_id = $2",
                               VALUE, score_job)) == 1
-    added = asyncio.run(_count(pg_url, "SELECT count(*) FROM vidb_items v JOIN texts t ON t.id = v.text_id"
+    added = asyncio.run(_scalar(pg_url, "SELECT count(*) FROM vidb_items v JOIN texts t ON t.id = v.text_id"
                                        " WHERE v.value = $1 AND t.body = ANY($2::text[]) AND v.fit_version = 3",
                                VALUE, [r.text for r in scored]))
     assert added == 6
@@ -622,7 +613,7 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     res = run_cli(["score", str(tmp_path / "scored.jsonl"), "--value", VALUE, "--vidb-version", f"{VALUE}=1"],
                   env, check=True)
     pinned = res.stdout.strip().splitlines()[-1]
-    spec = json.loads(asyncio.run(_count(pg_url, "SELECT spec::text FROM jobs WHERE id = $1", pinned)))
+    spec = json.loads(asyncio.run(_scalar(pg_url, "SELECT spec::text FROM jobs WHERE id = $1", pinned)))
     assert spec["vidb_versions"] == {VALUE: 1}
     v1 = {r["item_id"] for r in asyncio.run(fetch(
         pg_url, "SELECT item_id FROM vidb_version_items WHERE value = $1 AND version = 1", VALUE))}
@@ -631,7 +622,7 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     assert used and used <= v1 and len(v1) == 90  # version 1: the build's 70 texts and 20 references
 
 
-async def _count(url, sql, *args):
+async def _scalar(url, sql, *args):
     return (await fetch(url, sql, *args))[0][0]
 
 
@@ -643,7 +634,7 @@ def test_cli_build_k_way_with_minmax_scale_and_no_references(env, workers, tmp_p
                    "--k", "3", "--comparisons-per-text", "6", "--scale", "minmax", "--wait", "--no-local-worker",
                    "-o", str(tmp_path / "built.jsonl")], env, timeout=300, check=True)
     assert "version 1, 40 items (40 new)" in " ".join(res.stderr.split())
-    job = asyncio.run(_count(pg_url, "SELECT id FROM jobs WHERE kind = 'vidb-build'"))
+    job = asyncio.run(_scalar(pg_url, "SELECT id FROM jobs WHERE kind = 'vidb-build'"))
     sizes = asyncio.run(fetch(pg_url, "SELECT cardinality(members) AS k, count(*) AS n FROM windows WHERE job_id = $1"
                                       " GROUP BY 1", job))
     assert len(sizes) == 1 and sizes[0]["k"] == 3
@@ -654,7 +645,7 @@ def test_cli_build_k_way_with_minmax_scale_and_no_references(env, workers, tmp_p
     # each of the 6 rounds fills its last window with two texts shown twice in that round
     counts = [r["n"] for r in per_text]
     assert len(counts) == 40 and min(counts) == 6 and sum(counts) == 3 * n_windows == 6 * 40 + 6 * 2
-    assert asyncio.run(_count(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1"
+    assert asyncio.run(_scalar(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1"
                                       " AND cardinality(ranking) = 3", job)) == n_windows
     v = asyncio.run(fetch(pg_url, "SELECT scale, n_comparisons FROM vidb_versions WHERE value = $1", VALUE))
     assert [tuple(r) for r in v] == [("minmax", n_windows)]

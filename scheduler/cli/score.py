@@ -97,13 +97,12 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
         click.echo(est.render())
         return
     async def with_versions(store, spec):
-        from workers.vidb.versions import latest_versions
+        from workers.vidb.versions import latest_versions, version_exists
 
         # record the VIDB version of every value planned against (0: never fitted, the current items)
         versions = await latest_versions(store.pool, spec.values)
         for value, n in pins.items():
-            if n != versions[value] and not await store.pool.fetchval(
-                    "SELECT 1 FROM vidb_versions WHERE value = $1 AND version = $2", value, n):
+            if not await version_exists(store.pool, value, n):
                 raise click.BadParameter(f"value {value!r} has no VIDB version {n} (latest: {versions[value]})",
                                          param_hint="--vidb-version")
         return spec.model_copy(update={"vidb_versions": {**versions, **pins}})

@@ -101,6 +101,10 @@ async def versions(conn, value: str | None = None) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT * FROM vidb_versions WHERE value = $1 ORDER BY version", value)
 
 
+async def version_exists(conn, value: str, version: int) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM vidb_versions WHERE value = $1 AND version = $2", value, version))
+
+
 async def version_items(conn, value: str, version: int | None = None) -> list[asyncpg.Record]:
     """A version's items with their texts (``None``: the current rows, which equal the latest
     version plus any items imported since)."""
@@ -108,7 +112,7 @@ async def version_items(conn, value: str, version: int | None = None) -> list[as
         return await conn.fetch(
             "SELECT v.id AS item_id, v.text_id, t.body AS text, v.intensity, v.utility, v.stderr, v.flags, v.source"
             " FROM vidb_items v JOIN texts t ON t.id = v.text_id WHERE v.value = $1 ORDER BY v.id", value)
-    if not await conn.fetchval("SELECT 1 FROM vidb_versions WHERE value = $1 AND version = $2", value, version):
+    if not await version_exists(conn, value, version):
         raise ValueError(f"value {value!r} has no VIDB version {version}")
     return await conn.fetch(
         "SELECT v.item_id, v.text_id, t.body AS text, v.intensity, v.utility, v.stderr, v.flags, v.source"
