@@ -25,9 +25,11 @@ The requested ``model`` name picks the behaviour, so one server serves every sce
                     ``{"plausible": ...}`` from the text's hidden ``[u=…]`` tag (the simulated
                     judge's): plausible when the score is within 3 of 3·u
 * ``plausibility-down-first-N``  ``plausibility`` after its first N requests, which get 500
+* ``plausibility-no-schema``  ``plausibility``, but 400 whenever ``response_format`` is present
 
 Counters are per (model, prompt), so concurrent scenarios do not interfere. ``stats`` records every
-request, the largest number in flight, and the ``response_format`` flags seen.
+request, the largest number in flight, and the ``response_format`` flags seen (``formats``: every
+``response_format`` sent, per model).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class FakeOpenAI:
         self.max_in_flight = 0
         self.seen: Counter = Counter()
         self.with_schema = 0
+        self.formats: dict[str, list[dict]] = {}
         self.by_model: Counter = Counter()
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -74,6 +77,7 @@ class FakeOpenAI:
             self.by_model[model] += 1
             if "response_format" in body:
                 self.with_schema += 1
+                self.formats.setdefault(model, []).append(body["response_format"])
             if model.startswith("gen-"):
                 down = re.match(r"(gen-[a-z-]+?)-down-first-(\d+)$", model)
                 if down and self.by_model[model] <= int(down.group(2)):
@@ -116,7 +120,9 @@ class FakeOpenAI:
             down = re.match(r"plausibility-down-first-(\d+)$", model)
             if down and self.by_model[model] <= int(down.group(1)):
                 return web.Response(status=500, text="auditor temporarily down")
-            if model == "plausibility" or down:
+            if model == "plausibility-no-schema" and "response_format" in body:
+                return web.Response(status=400, text="unsupported field: response_format")
+            if model in ("plausibility", "plausibility-no-schema") or down:
                 content = body["messages"][-1]["content"]
                 u = float(re.search(r"\[u=([-+0-9.eE]+)\]", content).group(1))
                 score = float(re.search(r"gives this text the score ([-+]?\d+(?:\.\d+)?)", content).group(1))

@@ -10,6 +10,7 @@ import time
 import uuid
 
 import asyncpg
+import pytest
 import numpy as np
 from scipy.stats import spearmanr
 
@@ -451,15 +452,15 @@ def test_a_redelivered_audit_chunk_stores_each_vote_once_and_status_shows_progre
     asyncio.run(go())
 
 
-def _with_api_auditor(pg_url, tmp_path, monkeypatch, auditor: str, body) -> None:
+def _with_api_auditor(pg_url, tmp_path, monkeypatch, auditor: str, body, structured: str = "off") -> None:
     """Run ``await body(store, resources, server)`` against a 50-item VIDB of ``VALUE``, with the
-    fake server's judge ``auditor`` (TOML lines after ``kind``/``base_url``) configured."""
+    fake server's judge ``auditor`` (TOML lines after ``kind``/``base_url``/``structured``) configured."""
     from tests.fake_openai import ServerThread
     from workers.jobs.kind import Resources
 
     with ServerThread() as srv:
         judges = tmp_path / "judges.toml"
-        judges.write_text(f'[judges.auditor]\nkind = "api"\nbase_url = "{srv.url}"\nstructured = "off"\n{auditor}')
+        judges.write_text(f'[judges.auditor]\nkind = "api"\nbase_url = "{srv.url}"\nstructured = "{structured}"\n{auditor}')
         monkeypatch.setenv("VALUEFLOW_JUDGES_FILE", str(judges))
 
         async def go():
@@ -501,6 +502,35 @@ def test_an_api_judge_votes_through_the_audit_job(pg_url, tmp_path, monkeypatch)
         assert set(bad) <= flagged
 
     _with_api_auditor(pg_url, tmp_path, monkeypatch, 'model = "plausibility"\n', body)
+
+
+@pytest.mark.parametrize("model, used", [("plausibility", "json_schema"), ("plausibility-no-schema", None)])
+def test_an_api_judge_answers_the_audit_in_structured_output(pg_url, tmp_path, monkeypatch, model, used):
+    """With ``structured = "auto"`` the auditor is asked for JSON matching the audit's own schema
+    (OpenAI's ``json_schema`` form, named ``plausibility``); a server that refuses
+    ``response_format`` is asked again in free text, and every item still gets its vote."""
+    from schemas.vidb import VidbAuditSpec
+    from workers.jobs import lifecycle
+    from workers.jobs.kinds import vidb_audit
+    from workers.vidb.audit import PLAUSIBILITY_SCHEMA
+
+    async def body(store, res, srv):
+        spec = VidbAuditSpec(value=VALUE, panel=["auditor"], min_weird=1, items_per_chunk=50)
+        await lifecycle.run_inline(store, res, await lifecycle.submit(
+            store, vidb_audit.KIND, spec, "audit-json", vidb_audit.planner(spec)))
+        assert (await store.job("audit-json"))["state"] == "done"
+        assert len(await audit_votes(store, "audit-json")) == 50
+        sent = srv.server.formats[model]
+        assert sent[0] == {"type": "json_schema",
+                           "json_schema": {"name": "plausibility", "strict": True, "schema": PLAUSIBILITY_SCHEMA}}
+        assert res.cached("judge:auditor", lambda: None).structured_format == used
+        if used:  # every question carried the schema
+            assert len(sent) == srv.server.by_model[model] == 50
+        else:  # refused: down the ladder (json_schema, then json_object), then one free-text question per item
+            assert {f["type"] for f in sent} == {"json_schema", "json_object"}
+            assert srv.server.by_model[model] - len(sent) == 50
+
+    _with_api_auditor(pg_url, tmp_path, monkeypatch, f'model = "{model}"\n', body, structured="auto")
 
 
 def test_resume_retry_failed_asks_again_for_the_votes_an_api_judge_did_not_give(pg_url, tmp_path, monkeypatch):
