@@ -683,3 +683,15 @@ def test_cli_build_k_way_with_minmax_scale_and_no_references(env, workers, tmp_p
     inten = np.array([b["intensity"] for b in built])
     assert inten.min() == -10 and inten.max() == 10  # min–max: the extremes at the ends of the scale
     assert spearmanr(inten, theta).statistic >= 0.8
+
+    # expand with the default number of windows per text: ⌈log2 40⌉ + 2 = 8 among the 40 fitted items
+    new, _ = corpus(5, seed=22, offset=300)
+    write_jsonl(tmp_path / "new.jsonl", new)
+    res = run_cli(["vidb", "expand", str(tmp_path / "new.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
+                   "--wait", "--no-local-worker"], env, timeout=300, check=True)
+    said = " ".join(res.stderr.split())
+    assert "8 windows per text among 40 items" in said and "version 2, 45 items (5 new)" in said, said
+    job = asyncio.run(_scalar(pg_url, "SELECT id FROM jobs WHERE kind = 'vidb-expand'"))
+    spec = json.loads(asyncio.run(_scalar(pg_url, "SELECT spec::text FROM jobs WHERE id = $1", job)))
+    assert spec["rounds"] == 8
+    assert asyncio.run(_scalar(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", job)) == 5 * 8
