@@ -149,30 +149,50 @@ def test_two_concurrent_expansions_of_one_value_both_land_in_order(pg_url):
     asyncio.run(go())
 
 
-def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(env, workers, tmp_path, pg_url):
+@pytest.mark.parametrize("kind", ["build", "expand"])
+def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(env, workers, tmp_path, pg_url, kind):
+    """A worker is killed while its refit writes (a build's cold fit, or an expansion's warm refit
+    of a value that has version 1): nothing of the new version is left, and after resume exactly
+    one new version is written, the same as an undisturbed run's."""
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+
     rows, _ = corpus(80, seed=3)
-    write_jsonl(tmp_path / "corpus.jsonl", rows)
+    built, new = (rows, []) if kind == "build" else (rows[:60], rows[60:])
+    write_jsonl(tmp_path / "corpus.jsonl", built if kind == "build" else new)
     write_refs(tmp_path / "refs.csv", references())
+
+    async def prepare(url):  # version 1 of the value, for an expansion (an own database's schema first)
+        store = await open_test_store(url)
+        try:
+            if kind == "expand":
+                await build_inline(store, built, references(), per_text=6, chunk_size=64)
+        finally:
+            await store.close()
 
     async def hold_lock():
         # the snapshot table's write lock: the refit takes the value's lock, fits, upserts the items
         # and the version row, and then blocks on its snapshot INSERT, inside its transaction
-        await (await open_test_store(pg_url)).close()  # the schema, before any job
+        await prepare(pg_url)
         conn = await asyncpg.connect(pg_url)
         await conn.execute("BEGIN")
         await conn.execute("LOCK TABLE vidb_version_items IN SHARE ROW EXCLUSIVE MODE")
         return conn
 
     q = functools.partial(fetch, pg_url)
+    before = 0 if kind == "build" else 80  # items (and one version) of the value before the job
 
     loop = asyncio.new_event_loop()
     lock = loop.run_until_complete(hold_lock())  # the refit will block inside its transaction
     try:
         w = workers.start()
-        res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
-                       "--comparisons-per-text", "6", "--reference", str(tmp_path / "refs.csv"), "--chunk-size", "64"],
-                      env, check=True)
-        job_id = res.stdout.strip().splitlines()[-1]
+        if kind == "build":
+            args = ["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                    "--comparisons-per-text", "6", "--reference", str(tmp_path / "refs.csv"), "--chunk-size", "64"]
+        else:
+            args = ["vidb", "expand", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                    "--rounds", "6", "--items-per-chunk", "8"]
+        job_id = run_cli(args, env, check=True).stdout.strip().splitlines()[-1]
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             waiting = asyncio.run(q("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'relation' AND NOT granted"
@@ -187,8 +207,8 @@ def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(
     finally:
         loop.run_until_complete(lock.close())
         loop.close()
-    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == 0
-    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_items"))[0]["n"] == 0
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == (1 if before else 0)
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_items"))[0]["n"] == before
     assert asyncio.run(q("SELECT state, finalize_runs FROM jobs WHERE id = $1", job_id))[0]["state"] == "finalizing"
 
     workers.start()
@@ -196,22 +216,28 @@ def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(
     run_cli(["jobs", "wait", job_id, "--timeout", "120"], env, check=True)
     job = asyncio.run(q("SELECT state, finalize_runs FROM jobs WHERE id = $1", job_id))[0]
     assert (job["state"], job["finalize_runs"]) == ("done", 1)
-    vs = asyncio.run(q("SELECT version, job_id FROM vidb_versions"))
-    assert [(v["version"], v["job_id"]) for v in vs] == [(1, job_id)]
-    got = {r["body"]: r for r in asyncio.run(q(
-        "SELECT t.body, v.intensity, v.utility, v.stderr FROM vidb_version_items v JOIN texts t ON t.id = v.text_id"))}
+    vs = asyncio.run(q("SELECT version, kind, job_id FROM vidb_versions ORDER BY version"))
+    last = 1 if kind == "build" else 2
+    assert [(v["version"], v["kind"]) for v in vs][-1:] == [(last, kind)] and len(vs) == last
+    assert vs[-1]["job_id"] == job_id
+    snapshot = ("SELECT t.body, v.intensity, v.utility, v.stderr FROM vidb_version_items v"
+                " JOIN texts t ON t.id = v.text_id WHERE v.version = $1")
+    got = {r["body"]: r for r in asyncio.run(q(snapshot, last))}
 
-    # the same build undisturbed, in a database of its own
+    # the same job undisturbed, in a database of its own
     name = f"vf_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
         async def undisturbed():
+            await prepare(_db_url(name))
             store = await open_test_store(_db_url(name))
             try:
-                await build_inline(store, rows, references(), per_text=6, chunk_size=64)
-                return {r["body"]: r for r in await store.pool.fetch(
-                    "SELECT t.body, v.intensity, v.utility, v.stderr FROM vidb_version_items v"
-                    " JOIN texts t ON t.id = v.text_id")}
+                if kind == "build":
+                    await build_inline(store, built, references(), per_text=6, chunk_size=64)
+                else:
+                    finals = await expand_stages(store, new, "expand-1", rounds=6, items_per_chunk=8)
+                    await lifecycle.run_inline(store, Resources(), finals)
+                return {r["body"]: r for r in await store.pool.fetch(snapshot, last)}
             finally:
                 await store.close()
         ref = asyncio.run(undisturbed())
