@@ -320,7 +320,7 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
     # the verdict is a version (the same items and intensities, the new flags): scoring jobs plan
     # against the latest version, so `--vidb-filter agreed` leaves the flagged items out
     v = asyncio.run(q("SELECT version, kind, job_id, n_items, n_new, note FROM vidb_versions ORDER BY version DESC LIMIT 1"))[0]
-    assert (v["kind"], v["job_id"], v["n_items"], v["n_new"]) == ("audit", None, 140, 0)
+    assert (v["kind"], v["job_id"], v["n_items"], v["n_new"]) == ("audit", audit, 140, 0)
     assert v["note"].startswith(f"audit {audit}: {len(flagged)} item(s) flagged implausible")
     snap = asyncio.run(q("SELECT item_id, intensity, flags FROM vidb_version_items WHERE version = $1", v["version"]))
     assert {r["item_id"] for r in snap if "implausible" in r["flags"]} == flagged
@@ -578,9 +578,9 @@ def test_resume_retry_failed_asks_again_for_the_votes_an_api_judge_did_not_give(
         await lifecycle.run_inline(store, res, sends)
         job = await store.job("audit-retry")
         assert job["state"] == "done" and job["finalize_runs"] == 2
-        notes = [r["note"] for r in await store.pool.fetch(
-            "SELECT note FROM vidb_versions WHERE kind = 'audit' ORDER BY version")]
-        assert len(notes) == 2 and all(n.startswith("audit audit-retry: ") for n in notes)  # one per finalize
+        audits = await store.pool.fetch("SELECT job_id, note FROM vidb_versions WHERE kind = 'audit' ORDER BY version")
+        assert len(audits) == 2  # one per finalize
+        assert all(a["job_id"] == "audit-retry" and a["note"].startswith("audit audit-retry: ") for a in audits)
         votes = await audit_votes(store, "audit-retry")
         assert len(votes) == 50 and {j for _, j in votes} == {"auditor"}
         assert sum(srv.server.by_model.values()) == 50 + 20  # chunk 0 asked again in full
@@ -588,6 +588,76 @@ def test_resume_retry_failed_asks_again_for_the_votes_an_api_judge_did_not_give(
 
     _with_api_auditor(pg_url, tmp_path, monkeypatch,
                       'model = "plausibility-down-first-10"\nmax_attempts = 1\nconcurrency = 1\n', body)
+
+
+def test_resume_retry_failed_refits_a_finished_build_as_an_undisturbed_build_would(pg_url, tmp_path, monkeypatch):
+    """The build's judge is down for its first 12 windows (no retries): the build finishes with them
+    failed, and its version 1 fits the rest. ``resume --retry-failed`` judges them and finalizes
+    again: version 2, by the same job, is what a build whose judge never failed writes as version 1
+    (the job's own texts calibrated again as new, not kept at version 1's numbers)."""
+    from tests.fake_openai import ServerThread
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_build
+
+    rows, _ = corpus(40, seed=8)
+    snapshot = ("SELECT t.body, v.intensity, v.utility, v.stderr FROM vidb_version_items v"
+                " JOIN texts t ON t.id = v.text_id WHERE v.version = $1")
+
+    async def run(url, judge, retry):
+        store, res = await open_test_store(url), Resources()
+        try:
+            await build_inline(store, rows, references(), per_text=6, judge=judge)
+            job = await store.job("build-1")
+            n_windows = job["n_windows"]
+            if retry:
+                assert job["state"] == "done" and job["finalize_runs"] == 1
+                failed = await store.pool.fetchval("SELECT count(*) FROM windows WHERE state = 'failed'")
+                v1 = await store.pool.fetchrow("SELECT version, job_id, n_comparisons FROM vidb_versions")
+                assert failed == 12 and tuple(v1) == (1, "build-1", n_windows - 12)
+                sends = await lifecycle.resume(store, "build-1", retry_failed=True)
+                assert sends and all(s.what == "stage" for s in sends)
+                await lifecycle.run_inline(store, res, sends)
+                job = await store.job("build-1")
+                assert (job["state"], job["finalize_runs"]) == ("done", 2), job["error"]
+                assert await store.pool.fetchval("SELECT count(*) FROM windows WHERE state <> 'done'") == 0
+            vs = await store.pool.fetch("SELECT version, kind, job_id, n_items, n_comparisons, note FROM vidb_versions"
+                                        " ORDER BY version")
+            last = vs[-1]
+            assert (last["kind"], last["job_id"], last["n_items"], last["n_comparisons"]) == (
+                "build", "build-1", 60, n_windows)
+            if retry:
+                assert len(vs) == 2 and "refit again after resume --retry-failed (this job's earlier version: 1)" in (
+                    last["note"] or "")
+                out = [r async for b in vidb_build.KIND.export_rows(store, "build-1") for r in b]
+                assert len(out) == 40 and {r["version"] for r in out} == {2}  # the job's latest version
+            return {r["body"]: r for r in await store.pool.fetch(snapshot, last["version"])}
+        finally:
+            for name in ("flaky", "steady"):
+                judge = res.cached(f"judge:{name}", lambda: None)
+                if judge is not None:
+                    await judge.aclose()
+            await store.close()
+
+    with ServerThread() as srv:
+        judges = tmp_path / "judges.toml"
+        judges.write_text(
+            f'[judges.flaky]\nkind = "api"\nbase_url = "{srv.url}"\nstructured = "off"\nmodel = "down-first-12"\n'
+            'max_attempts = 1\nconcurrency = 1\n\n'
+            f'[judges.steady]\nkind = "api"\nbase_url = "{srv.url}"\nstructured = "off"\nmodel = "ok"\n')
+        monkeypatch.setenv("VALUEFLOW_JUDGES_FILE", str(judges))
+        got = asyncio.run(run(pg_url, "flaky", retry=True))
+        name = f"vf_{uuid.uuid4().hex[:10]}"
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+        try:
+            ref = asyncio.run(run(_db_url(name), "steady", retry=False))
+        finally:
+            asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    assert got.keys() == ref.keys() and len(got) == 60
+    for col in ("intensity", "utility", "stderr"):
+        a = np.array([got[b][col] for b in sorted(got)])
+        e = np.array([ref[b][col] for b in sorted(got)])
+        assert np.allclose(a, e, rtol=0, atol=1e-9), col
 
 
 def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):

@@ -90,7 +90,8 @@ def _submit(kind, spec, plan, wait: bool, local_worker: bool | None, output: Pat
     from scheduler.cli.jobs import submit_and_follow
 
     async def show_version(store, job_id, spec):
-        v = await store.pool.fetchrow("SELECT version, n_items, n_new FROM vidb_versions WHERE job_id = $1", job_id)
+        v = await store.pool.fetchrow("SELECT version, n_items, n_new FROM vidb_versions WHERE job_id = $1"
+                                      " ORDER BY version DESC LIMIT 1", job_id)
         if v is not None:
             console.print(f"{spec.value}: version {v['version']}, {v['n_items']} items ({v['n_new']} new)")
 

@@ -4,7 +4,8 @@ Which comparisons count: those of the value from its source jobs (earlier builds
 scoring jobs folded in with ``--from-job``) and from the job being finalized, whose members are
 all current items of the value or texts this job adds. Which items get new numbers: every item
 in those comparisons gets a new utility and standard error; current items keep their intensity
-(the scale scoring jobs anchor on does not move under them), added texts get
+(the scale scoring jobs anchor on does not move under them), added texts (and those an earlier
+finalize of the same job added, when ``resume --retry-failed`` runs it again) get
 ``g(utility)`` with g the isotonic map fitted on the references (build: the references it was
 planned with; expand: the value's current items), or the min–max map with ``scale='minmax'``.
 """
@@ -38,7 +39,14 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
     build's reference items (None: the value's current items are the references). ``warm``: start
     from the current utilities, added texts at ``init_new`` (text_id → search estimate; else 0)."""
     await V.value_lock(conn, value)
-    current = {r["text_id"]: r for r in await V.current_items(conn, value)}
+    before = {r["text_id"]: r for r in await V.current_items(conn, value)}
+    # an earlier finalize of this job added texts already (``jobs resume --retry-failed`` runs it again
+    # once failed windows are judged): they are fitted and calibrated again as the job's new texts,
+    # so the result is the one a run without failures gives; those people adjudicated meanwhile stay
+    own = f"fit:{job_id}"
+    again = {t for t, r in before.items() if r["source"] == own and "adjudicated" not in (r["flags"] or ())}
+    current = {t: r for t, r in before.items() if t not in again}
+    new = [(t, src) for t, src in new if not (t in current and current[t]["source"] == own)]
     clash = [t for t, _ in new if t in current]
     if clash:
         raise JobFailure(f"{len(clash)} text(s) of this job were added to the VIDB of {value!r} by another job "
@@ -57,8 +65,8 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
     if warm:
         init = np.zeros(len(tids))
         for t, i in index.items():
-            if t in current and current[t]["utility"] is not None:
-                init[i] = current[t]["utility"]
+            if t in before and before[t]["utility"] is not None:
+                init[i] = before[t]["utility"]
             elif init_new and t in init_new:
                 init[i] = init_new[t]
     fit = fit_utilities(len(tids), rows, prior, init)
@@ -92,7 +100,12 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
             items.append(dict(text_id=t, intensity=float(inten[i]), utility=u[i], stderr=se[i], source=new_src[t]))
             added += 1
     skipped = sum(1 for t in new_src if t not in index)
+    notes = [f"{skipped} text(s) without a judged window left out"] if skipped else []
+    earlier = await conn.fetchval("SELECT max(version) FROM vidb_versions WHERE value = $1 AND job_id = $2",
+                                  value, job_id)
+    if earlier is not None:
+        notes.append(f"refit again after resume --retry-failed (this job's earlier version: {earlier})")
     version = await V.write_version(conn, value, kind, job_id, items, len(rows), scale,
-                                    note=f"{skipped} text(s) without a judged window left out" if skipped else None)
+                                    note="; ".join(notes) or None)
     await V.add_sources(conn, value, [job_id, *(from_jobs or [])])
     return RefitResult(version, added, skipped, len(rows))

@@ -87,9 +87,8 @@ async def finalize(ctx: FinalizeContext) -> None:
     spec: VidbAuditSpec = ctx.spec  # type: ignore[assignment]
     await value_lock(ctx.conn, spec.value)
     flagged = await A.apply_flags(ctx.conn, spec.value, ctx.job["id"], spec.min_weird)
-    # the note names the audit: an audit may finalize again (resume --retry-failed), and a version's
-    # job_id is unique per value (a refit writes exactly one)
-    await write_version(ctx.conn, spec.value, "audit", None, [], 0, "kept",
+    # one version per finalize run: an audit finalizes again after resume --retry-failed
+    await write_version(ctx.conn, spec.value, "audit", ctx.job["id"], [], 0, "kept",
                         note=f"audit {ctx.job['id']}: {len(flagged)} item(s) flagged implausible "
                              f"(at least {spec.min_weird} vote(s))")
 

@@ -148,7 +148,7 @@ async def finalize(ctx: FinalizeContext) -> None:
 async def export_rows(store: Store, job_id: str) -> AsyncIterator[list[dict]]:
     rows = await store.pool.fetch(
         "SELECT i.ext_id AS id, v.value, v.intensity, v.utility, v.stderr, v.version FROM job_items i"
-        " JOIN vidb_versions vv ON vv.job_id = i.job_id"
+        " JOIN (SELECT value, max(version) AS version FROM vidb_versions WHERE job_id = $1 GROUP BY value) vv ON true"
         " JOIN vidb_version_items v ON v.value = vv.value AND v.version = vv.version AND v.text_id = i.text_id"
         " WHERE i.job_id = $1 ORDER BY i.item_no", job_id)
     yield [dict(r) for r in rows]
