@@ -2,6 +2,7 @@
 
 import csv
 import difflib
+import json
 import re
 from collections import Counter
 
@@ -97,3 +98,28 @@ def test_bad_rows_name_file_line_and_field(tmp_path, body, message):
     path.write_text("value,intensity,text\n" + body)
     with pytest.raises(SeedError, match=message):
         read_seed(path)
+
+
+def test_vidb_files_keep_each_text_once_and_refuse_two_ratings_of_one(tmp_path):
+    """An upstream CSV or few-shot JSON may repeat a text with its rating (kept once); the same text
+    with two ratings is refused, naming both places."""
+    from workers.io.inputs import InputError
+    from workers.io.vidb_files import read_vidb
+
+    ok = tmp_path / "care-harm_mft.csv"
+    ok.write_text('text,final_rating\n"I sat with her, all night.",6\nI walked past.,-3\n"I sat with her, all night.",6\n')
+    assert read_vidb(ok) == {"care-harm": [("I sat with her, all night.", 6.0), ("I walked past.", -3.0)]}
+    bad = tmp_path / "care-harm_mft_bad.csv"
+    bad.write_text('text,final_rating\nI walked past.,-3\nI helped.,4\nI walked past.,-1.5\n')
+    with pytest.raises(InputError, match=r"care-harm_mft_bad\.csv:4: field 'text': same text as line 2, rated -3 there "
+                                         r"and -1\.5 here"):
+        read_vidb(bad)
+    js = tmp_path / "few.json"
+    js.write_text(json.dumps({"care-harm": {"1": [{"text": "I helped.", "intensity": 3}],
+                                       "2": [{"text": "I helped.", "intensity": 3}, {"text": "I stayed.", "intensity": 8}]}}))
+    assert read_vidb(js) == {"care-harm": [("I helped.", 3.0), ("I stayed.", 8.0)]}
+    js.write_text(json.dumps({"care-harm": {"1": [{"text": "I helped.", "intensity": 3}],
+                                       "2": [{"text": "I helped.", "intensity": 7}]}}))
+    with pytest.raises(InputError, match=r"few\.json: care-harm\[2\]\[0\]: field 'text': same text as care-harm\[1\]\[0\], "
+                                         r"rated 3 there and 7 here"):
+        read_vidb(js)

@@ -241,7 +241,7 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
     empty = asyncio.run(snapshot())
     # no references anywhere: refuse unless --scale minmax
     res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated"], env)
-    assert res.returncode != 0 and "has 0 reference item(s)" in res.stderr and "--scale minmax" in res.stderr
+    assert res.returncode != 0 and "has 0 VIDB item(s)" in res.stderr and "--scale minmax" in res.stderr
     # unknown value
     res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", "kindness-to-robots",
                    "--judge", "simulated"], env)
@@ -261,6 +261,18 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
     res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
                    "--reference", str(tmp_path / "nohead.csv")], env)
     assert res.returncode != 0 and "header must have 'text' and 'final_rating'" in res.stderr
+    # a reference text twice with two ratings; a reference text that is also in the corpus
+    twice = tmp_path / "twice.csv"
+    twice.write_text('text,final_rating\nfirst text,2\nsecond text,-4\n"first text",5\n')
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(twice)], env)
+    assert res.returncode != 0 and f"{twice}:4: field 'text': same text as line 2, rated 2 there and 5 here" in res.stderr
+    shared = tmp_path / "shared_refs.csv"
+    write_refs(shared, references() + [(rows[4].text, 1.0)])
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(shared)], env)
+    assert res.returncode != 0, res.stderr
+    assert f"{shared}:22: field 'text': also in the corpus ({tmp_path / 'corpus.jsonl'}:5)" in " ".join(res.stderr.split())
     assert asyncio.run(snapshot()) == empty  # nothing stored by any refusal
 
     workers.start()
@@ -277,6 +289,13 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
     write_jsonl(tmp_path / "again.jsonl", rows[:3])
     res = run_cli(["vidb", "build", str(tmp_path / "again.jsonl"), "--value", VALUE, "--judge", "simulated"], env)
     assert res.returncode != 0 and "already in the VIDB of 'benevolence'" in res.stderr and ":1: field 'text'" in res.stderr
+    # the value's own items as references, fewer than calibration needs because of --max-references
+    more, _ = corpus(5, seed=9, offset=900)
+    write_jsonl(tmp_path / "more.jsonl", more)
+    res = run_cli(["vidb", "build", str(tmp_path / "more.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--max-references", "2"], env)
+    said = " ".join(res.stderr.split())
+    assert res.returncode != 0 and "has 80 VIDB item(s), of which --max-references takes 2" in said, said
     assert asyncio.run(snapshot()) == before
 
     res = run_cli(["vidb", "versions", "--value", VALUE], env, check=True)

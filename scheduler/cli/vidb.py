@@ -141,6 +141,7 @@ def vidb_build(corpus, value, judge, k, prior, seed, id_field, text_field, wait,
     from workers.io.inputs import InputError
     from workers.io.vidb_files import read_vidb_csv
     from workers.jobs.kinds import vidb_build as kind
+    from workers.store import text_hash
 
     key, judge = _value(value), _judge(judge)
     rows = _corpus(corpus, id_field, text_field)
@@ -149,11 +150,17 @@ def vidb_build(corpus, value, judge, k, prior, seed, id_field, text_field, wait,
         if not reference.is_file():
             raise click.ClickException(f"{reference}: no such file")
         try:
-            refs = read_vidb_csv(reference, key)[key]
+            ref_rows = read_vidb_csv(reference, key, lines=True)[key]
         except InputError as exc:
             raise click.ClickException(str(exc)) from None
-        if not refs:
+        if not ref_rows:
             raise click.ClickException(f"{reference}: no reference rows")
+        in_corpus = {text_hash(r.text): r.line for r in rows}
+        for text, _, line in ref_rows:
+            if text_hash(text) in in_corpus:
+                raise click.ClickException(f"{reference}:{line}: field 'text': also in the corpus "
+                                           f"({corpus}:{in_corpus[text_hash(text)]}); a reference must not be rebuilt")
+        refs = [(t, x) for t, x, _ in ref_rows]
     spec = VidbBuildSpec(input=str(corpus), value=key, judge=judge, k=k, per_text=per_text,
                          reference=None if reference is None else str(reference), max_references=max_references,
                          scale=scale, prior=prior, seed=seed, chunk_size=chunk_size)

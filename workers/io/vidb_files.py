@@ -43,15 +43,39 @@ def _value_key(name: str, where: str) -> str:
     return v.key
 
 
-def read_vidb_csv(path: Path, value: str | None = None) -> Rows:
-    """``text,final_rating`` (or ``text,intensity``); the value comes from the file name or ``value``."""
+class _Once:
+    """A value's rows, each text once: a repeat with the same rating is dropped, one with another
+    rating is an error naming both places."""
+
+    def __init__(self):
+        self.rows: list[tuple[str, float]] = []
+        self.where: list[str] = []  # where each row is, as an error names it ("line 7", "care[2][0]")
+        self.lines: list[int | None] = []
+        self._at: dict[str, int] = {}
+
+    def add(self, text: str, x: float, where: str, place: str, line: int | None = None) -> None:
+        i = self._at.get(text)
+        if i is None:
+            self._at[text] = len(self.rows)
+            self.rows.append((text, x))
+            self.where.append(place)
+            self.lines.append(line)
+        elif self.rows[i][1] != x:
+            raise InputError(f"{where}: field 'text': same text as {self.where[i]}, rated {self.rows[i][1]:g} there"
+                             f" and {x:g} here")
+
+
+def read_vidb_csv(path: Path, value: str | None = None, lines: bool = False) -> Rows:
+    """``text,final_rating`` (or ``text,intensity``); the value comes from the file name or ``value``.
+    A text may appear once (or repeated with the same rating). ``lines``: the rows are
+    (text, intensity, line) instead of pairs."""
     if value is None:
         m = re.match(r"(.+?)_(pvq|mft|duty|right)(?:_.*)?$", path.stem)
         if not m:
             raise InputError(f"{path}: cannot tell the value from the file name; pass --value")
         value = m.group(1)
     key = _value_key(value, str(path))
-    rows: list[tuple[str, float]] = []
+    once = _Once()
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
@@ -63,8 +87,11 @@ def read_vidb_csv(path: Path, value: str | None = None) -> Rows:
             text = (row.get("text") or "").strip()
             if not text:
                 raise InputError(f"{where}: field 'text': empty text")
-            rows.append((text, _intensity(row.get(score_col), f"{where}: field {score_col!r}")))
-    return {key: rows}
+            once.add(text, _intensity(row.get(score_col), f"{where}: field {score_col!r}"), where,
+                     f"line {reader.line_num}", reader.line_num)
+    if lines:
+        return {key: [(t, x, n) for (t, x), n in zip(once.rows, once.lines)]}
+    return {key: once.rows}
 
 
 def read_vidb_json(path: Path) -> Rows:
@@ -74,7 +101,7 @@ def read_vidb_json(path: Path) -> Rows:
         raise InputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected an object keyed by value")
-    out: Rows = {}
+    out: dict[str, _Once] = {}
     for value, bins in raw.items():
         key = _value_key(value, f"{path}: value {value!r}")
         if not isinstance(bins, dict):
@@ -84,9 +111,10 @@ def read_vidb_json(path: Path) -> Rows:
                 where = f"{path}: {value}[{b}][{i}]"
                 if not isinstance(item, dict) or not str(item.get("text") or "").strip():
                     raise InputError(f"{where}: field 'text': missing or empty")
-                out.setdefault(key, []).append(
-                    (item["text"].strip(), _intensity(item.get("intensity"), f"{where}: field 'intensity'")))
-    return out
+                out.setdefault(key, _Once()).add(item["text"].strip(),
+                                                 _intensity(item.get("intensity"), f"{where}: field 'intensity'"),
+                                                 where, f"{value}[{b}][{i}]")
+    return {key: once.rows for key, once in out.items()}
 
 
 def read_vidb(path: str | Path, value: str | None = None) -> Rows:

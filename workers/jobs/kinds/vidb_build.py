@@ -88,17 +88,24 @@ def planner(spec: VidbBuildSpec, rows: list[InputRow], references: list[tuple[st
 
     async def plan(store: Store, job_id: str) -> tuple[int, int, int]:
         await check_corpus(store, spec.value, rows, spec.input)
-        corpus = {text_hash(r.text) for r in rows}
-        n_refs = len(references) if references is not None else min(spec.max_references, len(await store.vidb(spec.value)))
-        if spec.scale == "isotonic" and n_refs < MIN_REFERENCE_POINTS:
-            raise ValueError(
-                f"value {spec.value!r} has {n_refs} reference item(s); isotonic calibration needs at least "
-                f"{MIN_REFERENCE_POINTS}: import a VIDB for it ('valueflow vidb import'), pass --reference FILE "
-                "(text,final_rating), or use --scale minmax")
+        corpus = {text_hash(r.text): r for r in rows}
+        fixes = ["import a VIDB for the value ('valueflow vidb import')", "pass --reference FILE (text,final_rating)"]
         if references is not None:
-            clash = [t for t, _ in references if text_hash(t) in corpus]
+            n_refs, have = len(references), f"{spec.reference} has {len(references)} reference row(s)"
+        else:
+            n_vidb = len(await store.vidb(spec.value))
+            n_refs = min(spec.max_references, n_vidb)
+            have = f"value {spec.value!r} has {n_vidb} VIDB item(s)"
+            if n_refs < n_vidb:
+                have += f", of which --max-references takes {n_refs}"
+                fixes.insert(0, "raise --max-references")
+        if spec.scale == "isotonic" and n_refs < MIN_REFERENCE_POINTS:
+            raise ValueError(f"{have}; isotonic calibration needs at least {MIN_REFERENCE_POINTS} reference items: "
+                             f"{', '.join(fixes)}, or use --scale minmax")
+        if references is not None:
+            clash = [corpus[text_hash(t)] for t, _ in references if text_hash(t) in corpus]
             if clash:
-                raise ValueError(f"{spec.reference}: a reference text is also in the corpus: {clash[0][:60]!r}")
+                raise ValueError(f"{spec.input}:{clash[0].line}: field 'text': also a reference text in {spec.reference}")
             ref_ids = await store.intern_texts([t for t, _ in references])
             refs = [(tid, x, f"reference:{spec.reference}") for tid, (_, x) in zip(ref_ids, references)]
         else:
