@@ -388,6 +388,30 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
     res = run_cli(["vidb", "diff", "--value", VALUE, "1", str(versions_before + 1)], env, check=True)
     assert f"0 added, 0 removed, {len(flagged)} changed" in res.stdout
 
+    # the same sheet again changes nothing: no version, no second record, no merge into the merge
+    res = run_cli(["vidb", "adjudicate", str(sheet), "--weight", "0.5", "--disagree", "3"], env, check=True)
+    assert "nothing new" in res.stdout
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == versions_before + 1
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_adjudications"))[0]["n"] == len(got) + 1
+    assert {r["id"]: r["intensity"] for r in asyncio.run(q("SELECT id, intensity FROM vidb_items"))} == {
+        i: r["intensity"] for i, r in items.items()}
+    # a later sheet with a third rater of one item merges all its ratings into the model's number
+    later = tmp_path / "later.csv"
+    write(later, [dict(got[0], human_rating="-9", rater="cid")])
+    res = run_cli(["vidb", "adjudicate", str(later), "--weight", "0.5", "--disagree", "3"], env, check=True)
+    assert f"1 item(s), 1 rating(s)" in res.stdout and f"version {versions_before + 2}" in res.stdout
+    now = asyncio.run(q("SELECT intensity FROM vidb_items WHERE id = $1", first))[0]["intensity"]
+    assert abs(now - (0.5 * model[first] + 0.5 * np.mean([truth[first], truth[first] + 1, -9]))) < 1e-2
+    # bad sheets name the line and field, and change nothing
+    for rows_, err in (([dict(got[1], item_id="999999", rater="cid")], ":2: field 'item_id': 999999 is not in the VIDB"),
+                       ([dict(got[1], rater="cid"), dict(got[1], rater="cid", human_rating="1")],
+                        f":3: field 'rater': cid rated item {got[1]['item_id']} on line 2 already")):
+        write(later, rows_)
+        res = run_cli(["vidb", "adjudicate", str(later)], env)
+        assert res.returncode != 0 and f"{later}{err}" in res.stderr, res.stderr
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == versions_before + 2
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_adjudications"))[0]["n"] == len(got) + 2
+
 
 async def audit_votes(store, audit_id) -> dict:
     return {(r["item_id"], r["judge"]): (r["plausible"], r["intensity"]) for r in await store.pool.fetch(

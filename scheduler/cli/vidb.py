@@ -361,7 +361,11 @@ def vidb_adjudicate(path, weight, disagree) -> None:
         raise click.ClickException(str(exc)) from None
 
     async def go(store):
-        out = await adjudicate(store, rows, weight, disagree, str(path))
+        out = await adjudicate(store, rows, weight, disagree, str(path.resolve()))
         for v, s in out.items():
-            click.echo(f"{v}: {s['items']} item(s), {s['ratings']} rating(s), {s['disputed']} disputed → version {s['version']}")
+            if s["version"] is None:
+                click.echo(f"{v}: nothing new (this sheet's ratings are merged already, with this weight)")
+            else:
+                click.echo(f"{v}: {s['items']} item(s), {s['ratings']} rating(s), {s['disputed']} disputed"
+                           f" → version {s['version']}")
     run_with_store(go)

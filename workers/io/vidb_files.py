@@ -192,8 +192,8 @@ def write_review(path: Path, rows) -> int:
     return len(rows)
 
 
-def read_review(path: Path) -> list[tuple[int, str, float, str]]:
-    """Filled rows of a review sheet: (item_id, value, rating, rater); rows without a rating are skipped.
+def read_review(path: Path) -> list[tuple[int, str, float, str, int]]:
+    """Filled rows of a review sheet: (item_id, value, rating, rater, line); rows without a rating are skipped.
 
     Every row is validated before any is returned; an error names ``file:line: field``."""
     path = Path(path)
@@ -218,5 +218,5 @@ def read_review(path: Path) -> list[tuple[int, str, float, str]]:
             rater = (row.get("rater") or "").strip()
             if not rater:
                 raise InputError(f"{where}: field 'rater': who rated this item? (required with a rating)")
-            out.append((item_id, (row.get("value") or "").strip(), rating, rater))
+            out.append((item_id, (row.get("value") or "").strip(), rating, rater, reader.line_num))
     return out
