@@ -181,6 +181,72 @@ def test_refits_when_the_vidb_grows_and_names_thin_values(encoder, embedding_jud
     assert j.fitted is not first and "justice" in j.fitted.probe.weights
 
 
+def test_a_job_pinned_to_a_vidb_version_is_judged_by_that_version_after_the_vidb_changes(encoder, embedding_judge,
+                                                                                          pg_url):
+    """The store's embedding judge learns from the VIDB as it is now, and fits again when an
+    adjudication changes intensities (no item count changes). A job that planned against version 1
+    (and one with ``--vidb-filter agreed``) gets a judge that learns from what the job planned with:
+    its scores do not move when the VIDB changes under it."""
+    from types import SimpleNamespace
+
+    from schemas.messages import ScoreJobSpec
+    from tests.conftest import open_test_store
+    from workers.io.vidb_files import ensure_seed
+    from workers.jobs.judge_stage import judge_of
+    from workers.jobs.kind import Resources
+    from workers.judges.config import BUILTIN
+    from workers.judges.embedding_judge import EmbeddingJudge, store_anchors
+    from workers.vidb import versions as V
+    from workers.vidb.adjudicate import adjudicate
+
+    value = "care-harm"
+    texts = ["I carried my neighbour's shopping up four flights of stairs.", "I laughed when he tripped.",
+             "I left the injured cat by the road."]
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            await ensure_seed(store)
+            async with store.pool.acquire() as conn, conn.transaction():
+                await V.value_lock(conn, value)
+                assert await V.write_version(conn, value, "import", None, [], 0, "kept") == 1
+            judge = EmbeddingJudge(BUILTIN["embedding"], anchors=store_anchors(store), encoder=encoder)
+            judge._vectors = embedding_judge._vectors
+            res = Resources()
+            res.cached("judge:embedding", lambda: judge)
+
+            def job_judge(**spec):
+                ctx = SimpleNamespace(resources=res, store=store,
+                                      spec=ScoreJobSpec(input="x", values=[value], judge="embedding", **spec))
+                return judge_of(ctx, "embedding")
+
+            assert job_judge() is judge  # nothing pinned, no filter: the worker's judge
+            pinned = job_judge(vidb_versions={value: 1})
+            assert pinned is not judge and pinned is job_judge(vidb_versions={value: 1})  # one per VIDB view
+            base0, pinned0 = await judge.project(value, texts), await pinned.project(value, texts)
+            assert np.allclose(base0, pinned0)  # version 1 is the current VIDB so far
+            fitted_base, fitted_pinned = judge.fitted, pinned.fitted
+
+            # people move the five most negative items to +6: same item count, new intensities
+            items = await store.pool.fetch("SELECT id FROM vidb_items WHERE value = $1 ORDER BY intensity LIMIT 5", value)
+            out = await adjudicate(store, [(r["id"], value, 6.0, "ann", n + 2) for n, r in enumerate(items)], 1.0, 3.0,
+                                   "sheet.csv")
+            assert out[value]["version"] == 2 and out[value]["disputed"] == 5
+            base1, pinned1 = await judge.project(value, texts), await pinned.project(value, texts)
+            assert judge.fitted is not fitted_base and not np.allclose(base0, base1)  # the worker's judge learned
+            assert pinned.fitted is fitted_pinned and np.array_equal(pinned0, pinned1)  # the job's did not
+
+            agreed = job_judge(vidb_versions={value: 2}, vidb_filter="agreed")
+            n_all = (await judge.anchors.counts())[value]
+            assert (await agreed.anchors.counts())[value] == n_all - 5  # the disputed items left out
+            await agreed.project(value, texts)
+            assert agreed.fitted.n_anchors[value] == n_all - 5
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
 def pair_beta(scores_a, x_a, scores_b=None, x_b=None):
     """Bradley–Terry β of the order the scores give to pairs (within one set, or across two)."""
     rows = []

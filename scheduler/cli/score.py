@@ -99,8 +99,10 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
     async def with_versions(store, spec):
         from workers.vidb.versions import latest_versions, version_exists
 
-        # record the VIDB version of every value planned against (0: never fitted, the current items)
-        versions = await latest_versions(store.pool, spec.values)
+        # record the VIDB the job ranks against: the version of every value it scores (0: never
+        # fitted, the current items) and of every other value with versions (a judge that learns
+        # from the VIDB, the embedding judge, learns from all values)
+        versions = {**await latest_versions(store.pool), **await latest_versions(store.pool, spec.values)}
         for value, n in pins.items():
             if not await version_exists(store.pool, value, n):
                 raise click.BadParameter(f"value {value!r} has no VIDB version {n} (latest: {versions[value]})",

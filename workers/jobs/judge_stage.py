@@ -29,7 +29,16 @@ def failure_cause(r: Ranking) -> str:
 
 
 def judge_of(ctx: StageContext, name: str) -> Judge:
-    return ctx.resources.cached(f"judge:{name}", lambda: make_judge(name, ctx.store))
+    """The worker's judge ``name``; for a job that records the VIDB versions it planned against (and
+    its ``--vidb-filter``), a judge that learns from the VIDB (the embedding judge) sees it as the
+    job planned it, so the job ranks the same way after the VIDB has grown."""
+    judge = ctx.resources.cached(f"judge:{name}", lambda: make_judge(name, ctx.store))
+    versions = getattr(ctx.spec, "vidb_versions", None) or {}
+    agreed = getattr(ctx.spec, "vidb_filter", "all") == "agreed"
+    if not hasattr(judge, "for_vidb") or not (versions or agreed):
+        return judge
+    key = f"judge:{name}@" + ",".join(f"{v}={n}" for v, n in sorted(versions.items())) + (":agreed" if agreed else "")
+    return ctx.resources.cached(key, lambda: judge.for_vidb(versions, agreed))
 
 
 def telemetry(r: Ranking) -> tuple[float, int, int, int, bool]:

@@ -32,6 +32,7 @@ are constructor arguments (a config field of the same name wins when present).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -54,7 +55,10 @@ class AnchorSource(Protocol):
     """Where the probe's training anchors come from: the VIDB of every value."""
 
     async def counts(self) -> dict[str, int]:
-        """Items per value: the fingerprint that triggers a refit when it changes."""
+        """Items per value."""
+
+    async def state(self) -> tuple:
+        """What the anchors are now: the probe is fitted again when it changes."""
 
     async def fetch(self, value: str) -> tuple[list[str], list[float]]:
         """A value's anchor texts and intensities."""
@@ -69,6 +73,9 @@ class ItemsAnchors:
     async def counts(self) -> dict[str, int]:
         return {v: len(rows) for v, rows in self.items.items()}
 
+    async def state(self) -> tuple:
+        return tuple(sorted((await self.counts()).items()))
+
     async def fetch(self, value: str) -> tuple[list[str], list[float]]:
         rows = self.items.get(value) or []
         return [t for t, _ in rows], [float(x) for _, x in rows]
@@ -82,21 +89,50 @@ class SeedAnchors(ItemsAnchors):
 
 
 class StoreAnchors:
-    """The VIDB items in the store (what a job's windows draw their anchors from)."""
+    """The VIDB in the store, as a job sees it: each value in ``versions`` (value → version ≥ 1) as
+    that version's snapshot, every other value as its current items; with ``only_agreed``, no item
+    flagged implausible or disputed. A scoring job passes the versions it planned against and its
+    ``--vidb-filter``, so its judge learns from the anchors its windows were drawn from, and ranks
+    them the same way after the VIDB has grown."""
 
-    def __init__(self, store):
+    def __init__(self, store, versions: dict[str, int] | None = None, only_agreed: bool = False):
         self.store = store
+        self.versions = {v: n for v, n in (versions or {}).items() if n > 0}
+        self.only_agreed = only_agreed
+
+    def _rows(self) -> tuple[str, list]:
+        """SQL for every anchor row (value, id, text_id, intensity), and its arguments $1..$3."""
+        from workers.vidb.adjudicate import UNAGREED
+
+        sql = ("SELECT v.value, v.id, v.text_id, v.intensity FROM vidb_items v"
+               " WHERE NOT (v.value = ANY($1::text[])) AND NOT (v.flags && $3::text[]) UNION ALL"
+               " SELECT v.value, v.item_id, v.text_id, v.intensity FROM vidb_version_items v"
+               " JOIN unnest($1::text[], $2::int[]) AS p(value, version) ON v.value = p.value AND v.version = p.version"
+               " WHERE NOT (v.flags && $3::text[])")
+        return sql, [list(self.versions), list(self.versions.values()), list(UNAGREED) if self.only_agreed else []]
 
     async def counts(self) -> dict[str, int]:
-        return dict(await self.store.vidb_counts())
+        sql, args = self._rows()
+        rows = await self.store.pool.fetch(f"SELECT value, count(*) AS n FROM ({sql}) x GROUP BY value", *args)
+        return {r["value"]: r["n"] for r in rows}
+
+    async def state(self) -> tuple:
+        """Items per value and each unpinned value's latest version (a version is written by every
+        change of intensities or flags: a refit, an audit, an adjudication, an import)."""
+        latest = {r["value"]: r["v"] for r in await self.store.pool.fetch(
+            "SELECT value, max(version) AS v FROM vidb_versions GROUP BY value")}
+        return tuple(sorted((v, n, self.versions.get(v, 0), latest.get(v, 0) if v not in self.versions else 0)
+                            for v, n in (await self.counts()).items()))
 
     async def fetch(self, value: str) -> tuple[list[str], list[float]]:
-        rows = await self.store.vidb(value)
+        sql, args = self._rows()
+        rows = await self.store.pool.fetch(f"SELECT t.body, x.intensity FROM ({sql}) x JOIN texts t ON t.id = x.text_id"
+                                           " WHERE x.value = $4 ORDER BY x.id", *args, value)
         return [r["body"] for r in rows], [float(r["intensity"]) for r in rows]
 
 
-def store_anchors(store) -> StoreAnchors:
-    return StoreAnchors(store)
+def store_anchors(store, versions: dict[str, int] | None = None, only_agreed: bool = False) -> StoreAnchors:
+    return StoreAnchors(store, versions, only_agreed)
 
 
 @dataclass
@@ -153,10 +189,20 @@ class EmbeddingJudge(Judge):
             self._vectors.update(((v, t), x) for t, x in zip(todo, vecs))
         return np.stack([self._vectors[(v, t)] for t in texts]).astype(np.float64)
 
+    def for_vidb(self, versions: dict[str, int], only_agreed: bool) -> "EmbeddingJudge":
+        """This judge (same encoder, options and embedding memo) learning from the VIDB as a job
+        planned it (:class:`StoreAnchors`); itself when its anchors are not the store's."""
+        if not isinstance(self.anchors, StoreAnchors):
+            return self
+        twin = copy.copy(self)
+        twin.anchors, twin.fitted = StoreAnchors(self.anchors.store, versions, only_agreed), None
+        return twin
+
     async def fit(self) -> FittedProbe:
-        """The probe of the current VIDB snapshot; refitted when any value's item count changes."""
+        """The probe of the anchors as they are now; fitted again when they change
+        (:meth:`AnchorSource.state`)."""
+        fp = await self.anchors.state()
         counts = await self.anchors.counts()
-        fp = tuple(sorted(counts.items()))
         if self.fitted is not None and self.fitted.fingerprint == fp:
             return self.fitted
         texts: dict[str, list[str]] = {}
@@ -213,7 +259,7 @@ class EmbeddingJudge(Judge):
         otherwise the prediction of the probe fitted on all anchors."""
         fitted = await self.fit()
         if value not in fitted.probe.weights:
-            n = dict(fitted.fingerprint).get(value, 0)
+            n = (await self.anchors.counts()).get(value, 0)
             raise ValueError(f"value {value!r} has {n} VIDB items; the embedding judge needs at least {MIN_ANCHORS}")
         x = await self.embed(texts, value)
         if fitted.scale is not None:

@@ -31,11 +31,13 @@ async def latest_version(conn, value: str) -> int:
     return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM vidb_versions WHERE value = $1", value))
 
 
-async def latest_versions(conn, values: Sequence[str]) -> dict[str, int]:
-    rows = await conn.fetch("SELECT value, max(version) AS v FROM vidb_versions WHERE value = ANY($1::text[])"
-                            " GROUP BY value", list(values))
+async def latest_versions(conn, values: Sequence[str] | None = None) -> dict[str, int]:
+    """Each of ``values``' latest version (0: none yet); ``None``: every value that has one."""
+    rows = await conn.fetch("SELECT value, max(version) AS v FROM vidb_versions"
+                            " WHERE $1::text[] IS NULL OR value = ANY($1::text[]) GROUP BY value",
+                            None if values is None else list(values))
     got = {r["value"]: int(r["v"]) for r in rows}
-    return {v: got.get(v, 0) for v in values}
+    return got if values is None else {v: got.get(v, 0) for v in values}
 
 
 async def gather_comparisons(conn, value: str, job_ids: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
