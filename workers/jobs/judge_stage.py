@@ -33,7 +33,7 @@ def judge_of(ctx: StageContext, name: str) -> Judge:
     its ``--vidb-filter``), a judge that learns from the VIDB (the embedding judge) sees it as the
     job planned it, so the job ranks the same way after the VIDB has grown."""
     judge = ctx.resources.cached(f"judge:{name}", lambda: make_judge(name, ctx.store))
-    versions = getattr(ctx.spec, "vidb_versions", None) or {}
+    versions = {v: n for v, n in (getattr(ctx.spec, "vidb_versions", None) or {}).items() if n > 0}
     agreed = getattr(ctx.spec, "vidb_filter", "all") == "agreed"
     if not hasattr(judge, "for_vidb") or not (versions or agreed):
         return judge
