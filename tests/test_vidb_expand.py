@@ -40,6 +40,25 @@ async def expand_stages(store, rows, job_id, rounds=10, **kw):
     return finals
 
 
+def in_scratch_db(run):
+    """``asyncio.run(run(url))`` in a database of its own (created, then dropped)."""
+    name = f"vf_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        return asyncio.run(run(_db_url(name)))
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def assert_same_items(got: dict, ref: dict, n: int) -> None:
+    """Two version snapshots (text → row) hold the same n texts with the same numbers."""
+    assert got.keys() == ref.keys() and len(got) == n
+    for col in ("intensity", "utility", "stderr"):
+        a = np.array([got[b][col] for b in sorted(got)])
+        e = np.array([ref[b][col] for b in sorted(got)])
+        assert np.allclose(a, e, rtol=0, atol=1e-9), col
+
+
 def test_expansion_places_new_texts_in_log_n_windows_each(pg_url):
     from workers.jobs import lifecycle
     from workers.jobs.kind import Resources
@@ -224,30 +243,20 @@ def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(
                 " JOIN texts t ON t.id = v.text_id WHERE v.version = $1")
     got = {r["body"]: r for r in asyncio.run(q(snapshot, last))}
 
-    # the same job undisturbed, in a database of its own
-    name = f"vf_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        async def undisturbed():
-            await prepare(_db_url(name))
-            store = await open_test_store(_db_url(name))
-            try:
-                if kind == "build":
-                    await build_inline(store, built, references(), per_text=6, chunk_size=64)
-                else:
-                    finals = await expand_stages(store, new, "expand-1", rounds=6, items_per_chunk=8)
-                    await lifecycle.run_inline(store, Resources(), finals)
-                return {r["body"]: r for r in await store.pool.fetch(snapshot, last)}
-            finally:
-                await store.close()
-        ref = asyncio.run(undisturbed())
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    assert got.keys() == ref.keys() and len(got) == 100
-    for col in ("intensity", "utility", "stderr"):
-        a = np.array([got[b][col] for b in sorted(got)])
-        e = np.array([ref[b][col] for b in sorted(got)])
-        assert np.allclose(a, e, rtol=0, atol=1e-9), col
+    async def undisturbed(url):  # the same job, undisturbed
+        await prepare(url)
+        store = await open_test_store(url)
+        try:
+            if kind == "build":
+                await build_inline(store, built, references(), per_text=6, chunk_size=64)
+            else:
+                finals = await expand_stages(store, new, "expand-1", rounds=6, items_per_chunk=8)
+                await lifecycle.run_inline(store, Resources(), finals)
+            return {r["body"]: r for r in await store.pool.fetch(snapshot, last)}
+        finally:
+            await store.close()
+
+    assert_same_items(got, in_scratch_db(undisturbed), 100)
 
 
 def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_url):
@@ -671,17 +680,8 @@ def test_resume_retry_failed_refits_a_finished_build_as_an_undisturbed_build_wou
             f'[judges.steady]\nkind = "api"\nbase_url = "{srv.url}"\nstructured = "off"\nmodel = "ok"\n')
         monkeypatch.setenv("VALUEFLOW_JUDGES_FILE", str(judges))
         got = asyncio.run(run(pg_url, "flaky", retry=True))
-        name = f"vf_{uuid.uuid4().hex[:10]}"
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-        try:
-            ref = asyncio.run(run(_db_url(name), "steady", retry=False))
-        finally:
-            asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    assert got.keys() == ref.keys() and len(got) == 60
-    for col in ("intensity", "utility", "stderr"):
-        a = np.array([got[b][col] for b in sorted(got)])
-        e = np.array([ref[b][col] for b in sorted(got)])
-        assert np.allclose(a, e, rtol=0, atol=1e-9), col
+        ref = in_scratch_db(lambda url: run(url, "steady", retry=False))
+    assert_same_items(got, ref, 60)
 
 
 def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
