@@ -411,6 +411,19 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
     assert f"1 item(s), 1 rating(s)" in res.stdout and f"version {versions_before + 2}" in res.stdout
     now = asyncio.run(q("SELECT intensity FROM vidb_items WHERE id = $1", first))[0]["intensity"]
     assert abs(now - (0.5 * model[first] + 0.5 * np.mean([truth[first], truth[first] + 1, -9]))) < 1e-2
+    # a new rater's sheet saved at the first sheet's path keeps ann's rating from that path
+    second = int(got[1]["item_id"])
+    write(sheet, [dict(got[1], human_rating="-8", rater="dan")])
+    res = run_cli(["vidb", "adjudicate", str(sheet), "--weight", "0.5", "--disagree", "0"], env, check=True)
+    assert f"version {versions_before + 3}" in res.stdout
+    row = asyncio.run(q("SELECT intensity, flags FROM vidb_items WHERE id = $1", second))[0]
+    assert abs(row["intensity"] - (0.5 * model[second] + 0.5 * np.mean([truth[second], -8]))) < 1e-2
+    assert "disputed" in row["flags"]
+    # the same sheet with another --disagree: the same numbers, a new verdict (and version)
+    res = run_cli(["vidb", "adjudicate", str(sheet), "--weight", "0.5", "--disagree", "100"], env, check=True)
+    assert f"version {versions_before + 4}" in res.stdout
+    again = asyncio.run(q("SELECT intensity, flags FROM vidb_items WHERE id = $1", second))[0]
+    assert again["intensity"] == row["intensity"] and "disputed" not in again["flags"]
     # bad sheets name the line and field, and change nothing
     for rows_, err in (([dict(got[1], item_id="999999", rater="cid")], ":2: field 'item_id': 999999 is not in the VIDB"),
                        ([dict(got[1], rater="cid"), dict(got[1], rater="cid", human_rating="1")],
@@ -418,8 +431,8 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
         write(later, rows_)
         res = run_cli(["vidb", "adjudicate", str(later)], env)
         assert res.returncode != 0 and f"{later}{err}" in res.stderr, res.stderr
-    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == versions_before + 2
-    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_adjudications"))[0]["n"] == len(got) + 2
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == versions_before + 4
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_adjudications"))[0]["n"] == len(got) + 3
 
 
 async def audit_votes(store, audit_id) -> dict:

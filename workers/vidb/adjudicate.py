@@ -8,12 +8,13 @@ rate one item), the merged intensity is
 with λ = ``weight`` in [0, 1]. :math:`s` is the model's intensity before any adjudication (kept in
 the item's first adjudication record), and :math:`h` are all the ratings recorded for the item, from
 every sheet so far: adjudicating a second sheet, or the same one again, merges into the model's
-number, never into an earlier merge. A rater's rating of an item from one sheet is recorded once
-(applying the sheet again replaces it), with rater, file and time. An item loses its
+number, never into an earlier merge. A rater's rating of an item from one sheet (its resolved path)
+is recorded once: applying the sheet again replaces that rater's rating, and keeps every other
+rater's, from this path or any other. Rater, file and time are recorded. An item loses its
 ``implausible`` flag, gains ``adjudicated``, and gains ``disputed`` when :math:`|\bar h - s| >`
 ``disagree``. Scoring with ``--vidb-filter agreed`` leaves out items flagged ``implausible`` or
 ``disputed``. Each value whose items change gets one new version (kind ``adjudicate``); a sheet
-that changes nothing (applied before, same ratings) writes none.
+that changes nothing (applied before: same ratings, weight and ``disagree`` verdict) writes none.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ async def adjudicate(store, rows: list[tuple[int, str, float, str, int]], weight
         for value, items in sorted(by_value.items()):
             await V.value_lock(conn, value)
             current = {r["id"]: r for r in await conn.fetch(
-                "SELECT id, text_id, intensity, utility, stderr, source FROM vidb_items WHERE id = ANY($1::bigint[])"
-                " FOR UPDATE", items)}
+                "SELECT id, text_id, intensity, utility, stderr, source, flags FROM vidb_items"
+                " WHERE id = ANY($1::bigint[]) FOR UPDATE", items)}
             recorded = defaultdict(list)  # item → (rater, file, rating, model, weight) in record order
             for r in await conn.fetch("SELECT item_id, rater, file, rating, model, weight FROM vidb_adjudications"
                                       " WHERE item_id = ANY($1::bigint[]) ORDER BY id", items):
@@ -70,13 +71,16 @@ async def adjudicate(store, rows: list[tuple[int, str, float, str, int]], weight
             upd, recs, disputed = [], [], 0
             for item_id in sorted(items):
                 cur, mine = current[item_id], by_item[item_id]
-                before = {(rater, h, w) for rater, f, h, _, w in recorded[item_id] if f == source}
-                if before == {(rater, h, weight) for rater, h in mine.items()}:
-                    continue  # this sheet's ratings of the item are recorded already, with this weight
+                # this sheet's raters replace their own earlier ratings from it; every other record stays
+                replaced = [(rater, h, w) for rater, f, h, _, w in recorded[item_id] if f == source and rater in mine]
                 model = recorded[item_id][0][3] if recorded[item_id] else float(cur["intensity"])
-                ratings = [h for _, f, h, _, _ in recorded[item_id] if f != source] + list(mine.values())
+                ratings = [h for rater, f, h, _, _ in recorded[item_id] if not (f == source and rater in mine)]
+                ratings += list(mine.values())
                 merged = merge(model, ratings, weight)
                 far = abs(sum(ratings) / len(ratings) - model) > disagree
+                if sorted(replaced) == sorted((rater, h, weight) for rater, h in mine.items()) and \
+                        far == ("disputed" in cur["flags"]):
+                    continue  # recorded already, with this weight and the same verdict
                 disputed += far
                 await conn.execute(
                     "UPDATE vidb_items SET flags = array_append(array_remove(array_remove(array_remove(flags,"
@@ -88,9 +92,10 @@ async def adjudicate(store, rows: list[tuple[int, str, float, str, int]], weight
             if not upd:
                 out[value] = {"items": 0, "ratings": 0, "disputed": 0, "version": None}
                 continue
-            changed = [r[0] for r in recs]
-            await conn.execute("DELETE FROM vidb_adjudications WHERE file = $1 AND item_id = ANY($2::bigint[])",
-                               source, changed)
+            await conn.execute(
+                "DELETE FROM vidb_adjudications a USING unnest($2::bigint[], $3::text[]) AS r(item_id, rater)"
+                " WHERE a.file = $1 AND a.item_id = r.item_id AND a.rater = r.rater",
+                source, [r[0] for r in recs], [r[1] for r in recs])
             await conn.copy_records_to_table("vidb_adjudications", columns=[
                 "item_id", "rater", "rating", "model", "merged", "weight", "file"], records=recs)
             version = await V.write_version(conn, value, "adjudicate", None, upd, 0, "kept",
