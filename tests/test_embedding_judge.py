@@ -236,6 +236,13 @@ def test_a_job_pinned_to_a_vidb_version_is_judged_by_that_version_after_the_vidb
             assert judge.fitted is not fitted_base and not np.allclose(base0, base1)  # the worker's judge learned
             assert pinned.fitted is fitted_pinned and np.array_equal(pinned0, pinned1)  # the job's did not
 
+            # a worker keeps the judges of its last MAX_JUDGE_VIEWS views, each view one judge
+            from workers.jobs.judge_stage import MAX_JUDGE_VIEWS
+
+            others = [job_judge(vidb_versions={value: 1, "justice": n}) for n in range(1, MAX_JUDGE_VIEWS + 1)]
+            assert len({id(j) for j in others}) == MAX_JUDGE_VIEWS and job_judge(vidb_versions={value: 1}) is not pinned
+            assert job_judge(vidb_versions={value: 1, "justice": MAX_JUDGE_VIEWS}) is others[-1]
+
             agreed = job_judge(vidb_versions={value: 2}, vidb_filter="agreed")
             n_all = (await judge.anchors.counts())[value]
             assert (await agreed.anchors.counts())[value] == n_all - 5  # the disputed items left out

@@ -9,6 +9,8 @@ redelivered task is harmless.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from schemas.messages import Ranking
 from schemas.taxonomy import default_taxonomy
 from workers.jobs.kind import StageContext
@@ -28,6 +30,9 @@ def failure_cause(r: Ranking) -> str:
     return "judge_error"
 
 
+MAX_JUDGE_VIEWS = 8  # judges kept per worker for jobs' VIDB views (each holds a fitted probe)
+
+
 def judge_of(ctx: StageContext, name: str) -> Judge:
     """The worker's judge ``name``; for a job that records the VIDB versions it planned against (and
     its ``--vidb-filter``), a judge that learns from the VIDB (the embedding judge) sees it as the
@@ -37,8 +42,14 @@ def judge_of(ctx: StageContext, name: str) -> Judge:
     agreed = getattr(ctx.spec, "vidb_filter", "all") == "agreed"
     if not hasattr(judge, "for_vidb") or not (versions or agreed):
         return judge
-    key = f"judge:{name}@" + ",".join(f"{v}={n}" for v, n in sorted(versions.items())) + (":agreed" if agreed else "")
-    return ctx.resources.cached(key, lambda: judge.for_vidb(versions, agreed))
+    views: OrderedDict = ctx.resources.cached(f"judge-views:{name}", OrderedDict)
+    key = (tuple(sorted(versions.items())), agreed)
+    if key not in views:
+        views[key] = judge.for_vidb(versions, agreed)
+        while len(views) > MAX_JUDGE_VIEWS:  # a long-lived worker sees ever newer versions
+            views.popitem(last=False)
+    views.move_to_end(key)
+    return views[key]
 
 
 def telemetry(r: Ranking) -> tuple[float, int, int, int, bool]:

@@ -58,7 +58,8 @@ class AnchorSource(Protocol):
         """Items per value."""
 
     async def state(self) -> tuple:
-        """What the anchors are now: the probe is fitted again when it changes."""
+        """What the anchors are now, one (value, items, …) entry per value, in value order: the
+        probe is fitted again when it changes."""
 
     async def fetch(self, value: str) -> tuple[list[str], list[float]]:
         """A value's anchor texts and intensities."""
@@ -178,16 +179,20 @@ class EmbeddingJudge(Judge):
         """Embeddings with an in-process memo (bounded; cleared when full); ``value`` matters only
         to a value-conditioned encoder."""
         v = value if self.conditioned else None
-        todo = list(dict.fromkeys(t for t in texts if (v, t) not in self._vectors))
+        # what the memo holds now, kept here: another coroutine may clear the memo while this one
+        # waits for the encoder (the judges of several jobs share it, see for_vidb)
+        got = {t: self._vectors[(v, t)] for t in dict.fromkeys(texts) if (v, t) in self._vectors}
+        todo = [t for t in dict.fromkeys(texts) if t not in got]
         if todo:
-            if len(self._vectors) + len(todo) > 200_000:
-                self._vectors.clear()
             if self.conditioned:
                 vecs = await asyncio.to_thread(self.encoder.encode, todo, value)
             else:
                 vecs = await asyncio.to_thread(self.encoder.encode, todo)
+            if len(self._vectors) + len(todo) > 200_000:
+                self._vectors.clear()
+            got.update(zip(todo, vecs))
             self._vectors.update(((v, t), x) for t, x in zip(todo, vecs))
-        return np.stack([self._vectors[(v, t)] for t in texts]).astype(np.float64)
+        return np.stack([got[t] for t in texts]).astype(np.float64)
 
     def for_vidb(self, versions: dict[str, int], only_agreed: bool) -> "EmbeddingJudge":
         """This judge (same encoder, options and embedding memo) learning from the VIDB as a job
@@ -202,7 +207,7 @@ class EmbeddingJudge(Judge):
         """The probe of the anchors as they are now; fitted again when they change
         (:meth:`AnchorSource.state`)."""
         fp = await self.anchors.state()
-        counts = await self.anchors.counts()
+        counts = {entry[0]: entry[1] for entry in fp}  # state() is (value, items, …) per value
         if self.fitted is not None and self.fitted.fingerprint == fp:
             return self.fitted
         texts: dict[str, list[str]] = {}
