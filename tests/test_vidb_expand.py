@@ -667,11 +667,13 @@ def test_resume_retry_failed_refits_a_finished_build_as_an_undisturbed_build_wou
                 job = await store.job("build-1")
                 assert (job["state"], job["finalize_runs"]) == ("done", 2), job["error"]
                 assert await store.pool.fetchval("SELECT count(*) FROM windows WHERE state <> 'done'") == 0
-            vs = await store.pool.fetch("SELECT version, kind, job_id, n_items, n_comparisons, note FROM vidb_versions"
-                                        " ORDER BY version")
+            vs = await store.pool.fetch("SELECT version, kind, job_id, n_items, n_new, n_comparisons, note"
+                                        " FROM vidb_versions ORDER BY version")
             last = vs[-1]
             assert (last["kind"], last["job_id"], last["n_items"], last["n_comparisons"]) == (
                 "build", "build-1", 60, n_windows)
+            # new: every text (retry: the job's 40 texts, calibrated again; the references were kept)
+            assert last["n_new"] == (40 if retry else 60)
             if retry:
                 assert len(vs) == 2 and "refit again after resume --retry-failed (this job's earlier version: 1)" in (
                     last["note"] or "")

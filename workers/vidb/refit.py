@@ -106,6 +106,6 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
     if earlier is not None:
         notes.append(f"refit again after resume --retry-failed (this job's earlier version: {earlier})")
     version = await V.write_version(conn, value, kind, job_id, items, len(rows), scale,
-                                    note="; ".join(notes) or None)
+                                    note="; ".join(notes) or None, n_new=len(again & index.keys()))
     await V.add_sources(conn, value, [job_id, *(from_jobs or [])])
     return RefitResult(version, added, skipped, len(rows))

@@ -72,7 +72,8 @@ async def write_version(conn: asyncpg.Connection, value: str, kind: str, job_id:
     """Upsert ``items`` (text_id, intensity, utility, stderr, source) into the value's current rows and
     snapshot every item of the value as the next version; returns its number. Call inside a
     transaction holding :func:`value_lock`. ``n_new``: items the caller added itself just before
-    (an import), counted as the version's new items with those ``items`` adds."""
+    (an import) or calibrated again as new (a refit after ``resume --retry-failed``), counted as
+    the version's new items with those ``items`` adds."""
     version = await latest_version(conn, value) + 1
     before = int(await conn.fetchval("SELECT count(*) FROM vidb_items WHERE value = $1", value))
     await conn.execute(
