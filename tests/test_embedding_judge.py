@@ -206,10 +206,8 @@ def test_a_job_pinned_to_a_vidb_version_is_judged_by_that_version_after_the_vidb
     async def go():
         store = await open_test_store(pg_url)
         try:
-            await ensure_seed(store)
-            async with store.pool.acquire() as conn, conn.transaction():
-                await V.value_lock(conn, value)
-                assert await V.write_version(conn, value, "import", None, [], 0, "kept") == 1
+            await ensure_seed(store)  # every value's version 1
+            assert await V.latest_versions(store.pool, [value]) == {value: 1}
             judge = EmbeddingJudge(BUILTIN["embedding"], anchors=store_anchors(store), encoder=encoder)
             judge._vectors = embedding_judge._vectors
             res = Resources()

@@ -379,18 +379,37 @@ def test_layout_and_empty_bucket_flags_reach_the_plan(env, tmp_path, pg_url):
     assert len({r["target_pos"] for r in _q(pg_url, "SELECT target_pos FROM windows WHERE job_id=$1", cal)}) > 1
 
 
+async def _flag(url: str, value: str, flags: dict[str, list[int]]) -> None:
+    """Give items flags and write the version that holds them, as an audit's or an adjudication's
+    finalize does (scoring jobs plan against the latest version's snapshot)."""
+    from tests.conftest import open_test_store
+    from workers.vidb import versions as V
+
+    store = await open_test_store(url)
+    try:
+        async with store.pool.acquire() as conn, conn.transaction():
+            await V.value_lock(conn, value)
+            for flag, ids in flags.items():
+                await conn.execute("UPDATE vidb_items SET flags = array_append(flags, $2) WHERE id = ANY($1::bigint[])",
+                                   list(ids), flag)
+            await V.write_version(conn, value, "audit", None, [], 0, "kept")
+    finally:
+        await store.close()
+
+
 def test_vidb_filter_agreed_leaves_flagged_anchors_out_and_the_spec_records_versions(env, tmp_path, pg_url):
     inp = tmp_path / "in.jsonl"
     _write_inputs(inp, TEXTS)
     first = _submit(env, inp, "--value", "care-harm")  # imports the seed VIDB
     spec = json.loads(_q(pg_url, "SELECT spec::text AS s FROM jobs WHERE id=$1", first)[0]["s"])
-    assert spec["vidb_versions"] == {"care-harm": 0} and spec["vidb_filter"] == "all"
+    # the seed import is every value's version 1, and the job records all of them
+    assert len(spec["vidb_versions"]) == 32 and set(spec["vidb_versions"].values()) == {1}
+    assert spec["vidb_filter"] == "all"
     used = {a for r in _q(pg_url, "SELECT anchor_ids FROM windows WHERE job_id=$1", first) for a in r["anchor_ids"]}
     # a judge panel flags some items, people dispute others: `agreed` scoring never shows them
     ids = [r["id"] for r in _q(pg_url, "SELECT id FROM vidb_items WHERE value='care-harm' ORDER BY id")]
     bad = set(ids[::3]) | set(ids[1::7])
-    _q(pg_url, "UPDATE vidb_items SET flags = ARRAY['implausible'] WHERE id = ANY($1::bigint[])", list(ids[::3]))
-    _q(pg_url, "UPDATE vidb_items SET flags = ARRAY['adjudicated','disputed'] WHERE id = ANY($1::bigint[])", list(ids[1::7]))
+    asyncio.run(_flag(pg_url, "care-harm", {"implausible": ids[::3], "disputed": ids[1::7]}))
     assert used & bad  # the unfiltered job did use some of them
     job = _submit(env, inp, "--value", "care-harm", "--vidb-filter", "agreed")
     anchors = {a for r in _q(pg_url, "SELECT anchor_ids FROM windows WHERE job_id=$1", job) for a in r["anchor_ids"]}

@@ -209,6 +209,19 @@ def test_vidb_import_of_upstream_formats(env, tmp_path, pg_url):
     csv_file = tmp_path / "care-harm_mft_flag_aggregated.csv"
     csv_file.write_text("text,final_rating\nA kind deed.,6.5\nA cruel deed.,-7\n")
     assert "2 new items" in run_cli(["vidb", "import", str(csv_file)], env, check=True).stdout
+    versions = _q(pg_url, "SELECT value, version, kind, n_new FROM vidb_versions ORDER BY value, version")
+    # every import that adds items is a version: mft.json's 6 values (version 1), then care-harm's 2
+    assert len(versions) == 7 and {r["kind"] for r in versions} == {"import"}
+    assert [(r["version"], r["n_new"]) for r in versions if r["value"] == "care-harm"][-1] == (2, 2)
+    # one text rated differently by two files of one import: refused, nothing imported
+    other = tmp_path / "care-harm_mft_second.csv"
+    other.write_text("text,final_rating\nA new deed.,1\n")
+    clash = tmp_path / "care-harm_mft_third.csv"
+    clash.write_text("text,final_rating\nA new deed.,3\n")
+    res = run_cli(["vidb", "import", str(other), str(clash)], env)
+    assert res.returncode != 0 and f"{clash}: field 'text': 'A new deed.' of 'care-harm' is rated 3 here and 1 in {other}" \
+        in " ".join(res.stderr.split())
+    assert _q(pg_url, "SELECT count(*) AS n FROM vidb_items WHERE value = 'care-harm'")[0]["n"] == 14
     bad = tmp_path / "fidelity_duty_flag_aggregated.csv"
     bad.write_text("text,final_rating\nok,1\nbad,12\n")
     res = run_cli(["vidb", "import", str(bad)], env)

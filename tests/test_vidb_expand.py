@@ -142,12 +142,15 @@ def test_two_concurrent_expansions_of_one_value_both_land_in_order(pg_url):
                     break
             assert waiting == 2 and not both.done()
             other = await asyncio.wait_for(store.add_vidb_items("care-harm", ["Another value's item."], [3.0], "t"), 30)
-            assert other == 1 and await store.pool.fetchval("SELECT count(*) FROM vidb_versions") == 1
+            assert other == 1 and [tuple(r) for r in await store.pool.fetch(
+                "SELECT value, version, kind FROM vidb_versions ORDER BY value")] == [
+                ("benevolence", 1, "build"), ("care-harm", 1, "import")]
             await holder.close()
             ran = await both
             assert ran == [True, True]
             assert [(await store.job(j))["state"] for j in ("exp-a", "exp-b")] == ["done", "done"]
-            vs = await store.pool.fetch("SELECT version, job_id, n_items, n_new FROM vidb_versions ORDER BY version")
+            vs = await store.pool.fetch("SELECT version, job_id, n_items, n_new FROM vidb_versions WHERE value = $1"
+                                        " ORDER BY version", VALUE)
             assert [v["version"] for v in vs] == [1, 2, 3]
             assert {vs[1]["job_id"], vs[2]["job_id"]} == {"exp-a", "exp-b"}
             assert [v["n_items"] for v in vs] == [160, 190, 220] and [v["n_new"] for v in vs] == [160, 30, 30]
@@ -158,7 +161,8 @@ def test_two_concurrent_expansions_of_one_value_both_land_in_order(pg_url):
             assert both <= last and len(last) == 220
             assert await store.pool.fetchval("SELECT count(*) FROM vidb_items WHERE value = $1", VALUE) == 220
             # the later refit counted the earlier expansion's comparisons too
-            n = {v["job_id"]: v for v in await store.pool.fetch("SELECT job_id, n_comparisons FROM vidb_versions")}
+            n = {v["job_id"]: v for v in await store.pool.fetch(
+                "SELECT job_id, n_comparisons FROM vidb_versions WHERE value = $1", VALUE)}
             later = vs[2]["job_id"]
             assert n[later]["n_comparisons"] == await store.pool.fetchval("SELECT count(*) FROM comparisons")
         finally:
@@ -749,7 +753,9 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
                   env, timeout=600, check=True)
     score_job = res.stdout.strip().splitlines()[-1]
     spec = json.loads(asyncio.run(_scalar(pg_url, "SELECT spec::text FROM jobs WHERE id = $1", score_job)))
-    assert spec["vidb_versions"] == {VALUE: 2}  # planned against the latest version, recorded
+    # planned against the latest version, recorded with every other value's (the seed: version 1)
+    assert spec["vidb_versions"] == {**{v: 1 for v in spec["vidb_versions"] if v != VALUE}, VALUE: 2}
+    assert len(spec["vidb_versions"]) == 32
     n_scored = asyncio.run(_scalar(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", score_job))
     assert n_scored == 6 * 3  # 3 windows per text, each judged
     res = run_cli(["vidb", "expand", "--value", VALUE, "--from-job", score_job, "--judge", "simulated:beta=2",
@@ -771,15 +777,16 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
 
     # --vidb-version pins a value to an earlier version: the job's anchors come from that snapshot
     for pin, err in ((f"{VALUE}=9", f"value '{VALUE}' has no VIDB version 9 (latest: 3)"),
-                     ("care-harm=1", "'care-harm' is not one of the values this job scores"),
+                     ("care-harm=7", "value 'care-harm' has no VIDB version 7 (latest: 1)"),
+                     ("kindness-to-robots=1", "'kindness-to-robots' is not one steerable value"),
                      (f"{VALUE}=one", "expected VALUE=N with a version N >= 1")):
         res = run_cli(["score", str(tmp_path / "scored.jsonl"), "--value", VALUE, "--vidb-version", pin], env)
         assert res.returncode != 0 and err in res.stderr, res.stderr
-    res = run_cli(["score", str(tmp_path / "scored.jsonl"), "--value", VALUE, "--vidb-version", f"{VALUE}=1"],
-                  env, check=True)
+    res = run_cli(["score", str(tmp_path / "scored.jsonl"), "--value", VALUE, "--vidb-version", f"{VALUE}=1",
+                   "--vidb-version", "care-harm=1"], env, check=True)
     pinned = res.stdout.strip().splitlines()[-1]
     spec = json.loads(asyncio.run(_scalar(pg_url, "SELECT spec::text FROM jobs WHERE id = $1", pinned)))
-    assert spec["vidb_versions"] == {VALUE: 1}
+    assert spec["vidb_versions"][VALUE] == 1 and spec["vidb_versions"]["care-harm"] == 1
     v1 = {r["item_id"] for r in asyncio.run(fetch(
         pg_url, "SELECT item_id FROM vidb_version_items WHERE value = $1 AND version = 1", VALUE))}
     used = {a for r in asyncio.run(fetch(pg_url, "SELECT anchor_ids FROM windows WHERE job_id = $1", pinned))

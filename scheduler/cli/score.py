@@ -46,8 +46,9 @@ def resolve_values(values, theories):
 @click.option("--vidb-filter", type=click.Choice(["all", "agreed"]), default="all", show_default=True,
               help="agreed: use only VIDB anchors no judge panel flagged implausible and no person disputed")
 @click.option("--vidb-version", "vidb_pins", multiple=True, metavar="VALUE=N",
-              help="plan VALUE's windows against version N of its VIDB (reproduce an earlier job after the "
-                   "VIDB grew) [default: each value's latest]; repeatable")
+              help="plan VALUE's windows against version N of its VIDB, and let a judge that learns from the "
+                   "VIDB learn VALUE from it (reproduce an earlier job after the VIDB grew; any value) "
+                   "[default: each value's latest]; repeatable")
 @click.option("--min-anchor-tau", type=click.FloatRange(-1, 1), default=None,
               help="fail the job if the judge orders the VIDB anchors worse than this Kendall tau")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -69,7 +70,7 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
     from workers.judges.config import get_judge_config
 
     vals = resolve_values(values, theories)
-    pins = _version_pins(vidb_pins, [v.key for v in vals])
+    pins = _version_pins(vidb_pins)
     try:
         get_judge_config(judge)
     except ValueError as exc:
@@ -99,13 +100,13 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
     async def with_versions(store, spec):
         from workers.vidb.versions import latest_versions, version_exists
 
-        # record the VIDB the job ranks against: the version of every value it scores (0: never
-        # fitted, the current items) and of every other value with versions (a judge that learns
-        # from the VIDB, the embedding judge, learns from all values)
+        # record the VIDB the job ranks against: the version of every value it scores (0: no items
+        # yet) and of every other value with versions (a judge that learns from the VIDB, the
+        # embedding judge, learns from all values)
         versions = {**await latest_versions(store.pool), **await latest_versions(store.pool, spec.values)}
         for value, n in pins.items():
             if not await version_exists(store.pool, value, n):
-                raise click.BadParameter(f"value {value!r} has no VIDB version {n} (latest: {versions[value]})",
+                raise click.BadParameter(f"value {value!r} has no VIDB version {n} (latest: {versions.get(value, 0)})",
                                          param_hint="--vidb-version")
         return spec.model_copy(update={"vidb_versions": {**versions, **pins}})
 
@@ -115,16 +116,19 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
                       wait=wait, local_worker=local_worker, output=output, prepare=with_versions)
 
 
-def _version_pins(pins: tuple[str, ...], values: list[str]) -> dict[str, int]:
-    """``VALUE=N`` options → {value key: version}; the value must be one the job scores, N ≥ 1."""
+def _version_pins(pins: tuple[str, ...]) -> dict[str, int]:
+    """``VALUE=N`` options → {value key: version}, N ≥ 1. A value the job does not score may be
+    pinned too: a judge that learns from the VIDB (the embedding judge) learns from every value."""
     out: dict[str, int] = {}
     for pin in pins:
         name, sep, num = pin.partition("=")
         if not sep or not num.strip().isdigit() or int(num) < 1:
             raise click.BadParameter(f"{pin!r}: expected VALUE=N with a version N >= 1", param_hint="--vidb-version")
-        keys = [v.key for v in resolve_values((name.strip(),), ())]
-        if len(keys) != 1 or keys[0] not in values:
-            raise click.BadParameter(f"{pin!r}: {name.strip()!r} is not one of the values this job scores",
-                                     param_hint="--vidb-version")
+        try:
+            keys = [v.key for v in resolve_values((name.strip(),), ())]
+        except click.ClickException:
+            keys = []
+        if len(keys) != 1:
+            raise click.BadParameter(f"{pin!r}: {name.strip()!r} is not one steerable value", param_hint="--vidb-version")
         out[keys[0]] = int(num)
     return out

@@ -32,6 +32,14 @@ def vidb_import(paths, value) -> None:
         parsed = [(p, read_vidb(p, value)) for p in paths]  # all files validated before any write
     except InputError as exc:
         raise click.ClickException(str(exc)) from None
+    seen: dict[tuple[str, str], tuple[float, Path]] = {}
+    for p, rows in parsed:  # one text of a value, rated differently by two files
+        for key, items in rows.items():
+            for text, x in items:
+                y, q = seen.setdefault((key, text), (x, p))
+                if y != x:
+                    raise click.ClickException(f"{p}: field 'text': {text[:60]!r} of {key!r} is rated {x:g} here and "
+                                               f"{y:g} in {q}; nothing imported")
 
     async def go(store):
         for p, rows in parsed:

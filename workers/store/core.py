@@ -114,8 +114,9 @@ class Store(JobsMixin):
                              source: str) -> int:
         """Insert VIDB items; an existing (value, text) keeps its row. Returns rows added.
 
-        A value that already has versions gets a new one (kind ``import``) holding the added items,
-        so scoring jobs, which plan against the latest version, use them."""
+        Items added make a new version of the value (kind ``import``; the seed's is version 1), so
+        scoring jobs, which plan against the latest version, use them, and a job can be judged
+        later against exactly what it planned with."""
         async with self.pool.acquire() as conn, conn.transaction():
             await V.value_lock(conn, value)
             ids = await self.intern_texts(bodies, conn)
@@ -124,7 +125,7 @@ class Store(JobsMixin):
                 [(value, i, float(x), source) for i, x in zip(ids, intensities)],
                 conflict="(value, text_id) DO NOTHING")
             added = int(str(status).split()[-1])
-            if added and await V.latest_version(conn, value) > 0:
+            if added:
                 await V.write_version(conn, value, "import", None, [], 0, "kept", n_new=added,
                                       note=f"{added} item(s) imported from {source}")
         return added
