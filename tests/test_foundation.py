@@ -42,6 +42,42 @@ def test_migrations_apply_once_and_again_with_no_change(pg_url):
     assert versions == [int(name.split("_", 1)[0]) for name in shipped]
 
 
+def test_migration_8_gives_values_with_only_imported_items_their_version_1(pg_url):
+    """A database from before migration 8: one value with seed items and no version, one with a
+    fitted version. Upgrading snapshots the first as its version 1 and leaves the second alone."""
+    from workers.store.core import _migrations
+
+    async def go():
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                               " applied_at timestamptz NOT NULL DEFAULT now())")
+            for version, name, sql in _migrations():
+                if version < 8:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            ids = [await conn.fetchval("INSERT INTO texts (sha256, body) VALUES (sha256($1::bytea), $2) RETURNING id",
+                                       f"text {i}".encode(), f"text {i}") for i in range(5)]
+            await conn.executemany("INSERT INTO vidb_items (value, text_id, intensity, source) VALUES ($1, $2, $3, $4)",
+                                   [("care-harm", ids[0], 4.0, "seed"), ("care-harm", ids[1], -2.5, "seed"),
+                                    ("care-harm", ids[2], 0.5, "import:x.csv"), ("justice", ids[3], 1.0, "fit:b")])
+            await conn.execute("INSERT INTO vidb_versions (value, version, kind, job_id, n_items, n_new, n_comparisons,"
+                               " scale) VALUES ('justice', 1, 'build', 'b', 1, 1, 3, 'isotonic')")
+            assert await upgrade(conn) == ["0008_versions_per_finalize.sql"]
+            versions = [tuple(r) for r in await conn.fetch(
+                "SELECT value, version, kind, n_items, n_new FROM vidb_versions ORDER BY value")]
+            snap = await conn.fetch("SELECT value, version, text_id, intensity, source FROM vidb_version_items"
+                                    " ORDER BY text_id")
+            return versions, [tuple(r) for r in snap], ids
+        finally:
+            await conn.close()
+
+    versions, snap, ids = asyncio.run(go())
+    assert versions == [("care-harm", 1, "import", 3, 3), ("justice", 1, "build", 1, 1)]
+    assert snap == [("care-harm", 1, ids[0], 4.0, "seed"), ("care-harm", 1, ids[1], -2.5, "seed"),
+                    ("care-harm", 1, ids[2], 0.5, "import:x.csv")]
+
+
 def test_two_concurrent_upgrades_from_two_processes(pg_url, env):
     procs = [subprocess.Popen([sys.executable, "-m", "scheduler.cli", "db", "upgrade"], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
