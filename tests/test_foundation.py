@@ -42,8 +42,8 @@ def test_migrations_apply_once_and_again_with_no_change(pg_url):
     assert versions == [int(name.split("_", 1)[0]) for name in shipped]
 
 
-def test_migration_8_gives_values_with_only_imported_items_their_version_1(pg_url):
-    """A database from before migration 8: one value with seed items and no version, one with a
+def test_migration_9_gives_values_with_only_imported_items_their_version_1(pg_url):
+    """A database from before migration 9: one value with seed items and no version, one with a
     fitted version. Upgrading snapshots the first as its version 1 and leaves the second alone."""
     from workers.store.core import _migrations
 
@@ -53,7 +53,7 @@ def test_migration_8_gives_values_with_only_imported_items_their_version_1(pg_ur
             await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
                                " applied_at timestamptz NOT NULL DEFAULT now())")
             for version, name, sql in _migrations():
-                if version < 8:
+                if version < 9:
                     await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
             ids = [await conn.fetchval("INSERT INTO texts (sha256, body) VALUES (sha256($1::bytea), $2) RETURNING id",
@@ -63,7 +63,7 @@ def test_migration_8_gives_values_with_only_imported_items_their_version_1(pg_ur
                                     ("care-harm", ids[2], 0.5, "import:x.csv"), ("justice", ids[3], 1.0, "fit:b")])
             await conn.execute("INSERT INTO vidb_versions (value, version, kind, job_id, n_items, n_new, n_comparisons,"
                                " scale) VALUES ('justice', 1, 'build', 'b', 1, 1, 3, 'isotonic')")
-            assert await upgrade(conn) == ["0008_versions_per_finalize.sql"]
+            assert await upgrade(conn) == ["0009_import_versions.sql"]
             versions = [tuple(r) for r in await conn.fetch(
                 "SELECT value, version, kind, n_items, n_new FROM vidb_versions ORDER BY value")]
             snap = await conn.fetch("SELECT value, version, text_id, intensity, source FROM vidb_version_items"
@@ -232,3 +232,20 @@ def test_embedded_default_starts_serves_is_reused_and_stops(tmp_path):
         down = run_cli(["down"], e)
     assert down.returncode == 0 and "postgres=stopped" in down.stdout and "redis=stopped" in down.stdout
     assert run_cli(["status"], e).stdout.count("stopped") == 2
+
+
+def test_an_import_adds_a_version_and_the_seed_never_joins_a_value_that_has_items(pg_url):
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            assert await store.add_vidb_items("justice", ["We split it evenly.", "I kept the tips."], [5.0, -4.0],
+                                              "import:a.csv") == 2
+            # the seed's insert re-checks under the value's lock: an import got there first
+            assert await store.add_vidb_items("justice", ["Fair shares."], [6.0], "seed", only_if_empty=True) == 0
+            assert await store.add_vidb_items("care-harm", ["I held the door."], [3.0], "seed", only_if_empty=True) == 1
+            return [tuple(r) for r in await store.pool.fetch(
+                "SELECT value, version, kind, n_items, n_new FROM vidb_versions ORDER BY value, version")]
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) == [("care-harm", 1, "import", 1, 1), ("justice", 1, "import", 2, 2)]

@@ -1,9 +1,10 @@
 """``valueflow vidb ...``: the Value Intensity DataBase.
 
-Lifecycle: ``build`` (ranking windows → Plackett–Luce → isotonic map, version 1) → ``expand``
-(adaptive insertion, warm refit, next version) → ``audit`` (judge panel flags) →
+Lifecycle: ``build`` (ranking windows → Plackett–Luce → isotonic map, a new version) → ``expand``
+(adaptive insertion, warm refit, next version) → ``audit`` (judge panel flags, next version) →
 ``review-export`` / ``adjudicate`` (human ratings merged, next version) → ``versions`` / ``diff`` /
-``export``. ``import`` and ``stats`` load and count upstream files.
+``export``. ``import`` loads upstream files (a version when it adds items; the seed is version 1)
+and ``stats`` counts items.
 """
 
 from __future__ import annotations

@@ -128,17 +128,20 @@ def read_vidb(path: str | Path, value: str | None = None) -> Rows:
     raise InputError(f"{path}: unsupported VIDB format; expected .csv (text,final_rating) or .json (few-shot)")
 
 
-async def import_rows(store, rows: Rows, source: str) -> dict[str, int]:
-    """Insert rows; returns new items per value (existing (value, text) pairs are kept)."""
-    return {value: await store.add_vidb_items(value, [t for t, _ in items], [x for _, x in items], source)
+async def import_rows(store, rows: Rows, source: str, only_if_empty: bool = False) -> dict[str, int]:
+    """Insert rows; returns new items per value (existing (value, text) pairs are kept; with
+    ``only_if_empty``, nothing goes into a value that has items)."""
+    return {value: await store.add_vidb_items(value, [t for t, _ in items], [x for _, x in items], source,
+                                              only_if_empty)
             for value, items in rows.items()}
 
 
 async def ensure_seed(store) -> dict[str, int]:
-    """Give every steerable value without VIDB items the shipped seed items."""
+    """Give every steerable value without VIDB items the shipped seed items (checked again under
+    each value's lock: an import that lands meanwhile is not mixed with the seed)."""
     have = await store.vidb_counts()
     missing = {v: rows for v, rows in seed_vidb().items() if have.get(v, 0) == 0}
-    return await import_rows(store, missing, "seed") if missing else {}
+    return await import_rows(store, missing, "seed", only_if_empty=True) if missing else {}
 
 
 # -- export and the human review sheet ---------------------------------------------------------------

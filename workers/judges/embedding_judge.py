@@ -58,8 +58,7 @@ class AnchorSource(Protocol):
         """Items per value."""
 
     async def state(self) -> tuple:
-        """What the anchors are now, one (value, items, …) entry per value, in value order: the
-        probe is fitted again when it changes."""
+        """What the anchors are now (cheap to ask): the probe is fitted again when it changes."""
 
     async def fetch(self, value: str) -> tuple[list[str], list[float]]:
         """A value's anchor texts and intensities."""
@@ -118,12 +117,13 @@ class StoreAnchors:
         return {r["value"]: r["n"] for r in rows}
 
     async def state(self) -> tuple:
-        """Items per value and each unpinned value's latest version (a version is written by every
-        change of intensities or flags: a refit, an audit, an adjudication, an import)."""
-        latest = {r["value"]: r["v"] for r in await self.store.pool.fetch(
-            "SELECT value, max(version) AS v FROM vidb_versions GROUP BY value")}
-        return tuple(sorted((v, n, self.versions.get(v, 0), latest.get(v, 0) if v not in self.versions else 0)
-                            for v, n in (await self.counts()).items()))
+        """The pinned versions, and every other value's latest version: every change to a value's
+        items writes a version (a fit, an audit, an adjudication, an import; migration 9 gave the
+        older imports theirs), so this small table says whether anything the probe learns from
+        changed, without counting the items."""
+        latest = await self.store.pool.fetch("SELECT value, max(version) AS v FROM vidb_versions GROUP BY value")
+        return tuple(sorted((r["value"], self.versions.get(r["value"], r["v"]), r["value"] in self.versions)
+                            for r in latest))
 
     async def fetch(self, value: str) -> tuple[list[str], list[float]]:
         sql, args = self._rows()
@@ -207,9 +207,9 @@ class EmbeddingJudge(Judge):
         """The probe of the anchors as they are now; fitted again when they change
         (:meth:`AnchorSource.state`)."""
         fp = await self.anchors.state()
-        counts = {entry[0]: entry[1] for entry in fp}  # state() is (value, items, …) per value
         if self.fitted is not None and self.fitted.fingerprint == fp:
             return self.fitted
+        counts = await self.anchors.counts()
         texts: dict[str, list[str]] = {}
         ys: dict[str, np.ndarray] = {}
         for value, n in sorted(counts.items()):

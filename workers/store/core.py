@@ -111,14 +111,17 @@ class Store(JobsMixin):
 
     # -- VIDB -----------------------------------------------------------------------------------
     async def add_vidb_items(self, value: str, bodies: Sequence[str], intensities: Sequence[float],
-                             source: str) -> int:
+                             source: str, only_if_empty: bool = False) -> int:
         """Insert VIDB items; an existing (value, text) keeps its row. Returns rows added.
 
         Items added make a new version of the value (kind ``import``; the seed's is version 1), so
         scoring jobs, which plan against the latest version, use them, and a job can be judged
-        later against exactly what it planned with."""
+        later against exactly what it planned with. ``only_if_empty`` (the seed): add nothing when
+        the value has items by the time its lock is held."""
         async with self.pool.acquire() as conn, conn.transaction():
             await V.value_lock(conn, value)
+            if only_if_empty and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM vidb_items WHERE value = $1)", value):
+                return 0
             ids = await self.intern_texts(bodies, conn)
             status = await self._copy_merge(
                 conn, "vidb_items", ("value", "text_id", "intensity", "source"),
