@@ -153,6 +153,7 @@ class SteerJobSpec(_Msg):
     layout: Layout | None = None
     empty_bucket: Literal["uniform", "nearest"] = "uniform"
     min_anchor_tau: float | None = Field(default=None, ge=-1, le=1)
+    vidb_versions: dict[str, int] = Field(default_factory=dict)  # the VIDB the job scores against (ScoreJobSpec)
 
     @model_validator(mode="after")
     def _check(self):
@@ -176,4 +177,4 @@ class SteerJobSpec(_Msg):
         return ScoreJobSpec(input=self.queries, values=self.all_values(), judge=self.judge, k=self.k,
                             windows=self.windows, anchors=self.anchors, seed=self.seed, mode=self.mode,
                             layout=self.layout, empty_bucket=self.empty_bucket, chunk_size=10**9,
-                            min_anchor_tau=self.min_anchor_tau)
+                            min_anchor_tau=self.min_anchor_tau, vidb_versions=self.vidb_versions)

@@ -31,4 +31,5 @@ class StudySpec(_Msg):
     seed: int = 0
     chunk_size: int = Field(default=256, ge=1)
     texts: int = Field(default=0, ge=0)  # labelled texts (per run), known when the spec is built
+    vidb_versions: dict[str, int] = Field(default_factory=dict)  # the VIDB ranked against (ScoreJobSpec)
     prompted: bool = True  # False for a judge without a prompt (embedding): paraphrases do not apply

@@ -310,6 +310,13 @@ def test_fake_model_dose_response_is_monotone_through_the_queue(env, workers, tm
             assert conv[0]["content"].count("\n- ") == 2
         else:
             assert len(conv) == 1
+    # the job records the VIDB it scores against (the seed: every value's version 1) and draws its
+    # anchors from that version's snapshot, so they stay put while the VIDB grows
+    spec = json.loads(_q(pg_url, "SELECT spec::text AS s FROM jobs WHERE id=$1", job)[0]["s"])
+    assert len(spec["vidb_versions"]) == 32 and spec["vidb_versions"]["care-harm"] == 1
+    v1 = {r["item_id"] for r in _q(pg_url, "SELECT item_id FROM vidb_version_items WHERE value='care-harm' AND version=1")}
+    used = {a for r in _q(pg_url, "SELECT anchor_ids FROM windows WHERE job_id=$1", job) for a in r["anchor_ids"]}
+    assert used and used <= v1
     rep = tmp_path / "report"
     res = run_cli(["report", job, "-o", str(rep)], env, check=True)
     assert res.stdout.strip().endswith("index.html")

@@ -185,7 +185,7 @@ def test_study_with_an_llm_judge_rates_and_ranks_over_seeds_and_paraphrases(env,
     assert all(s["done"] == s["of"] for s in st["stages"])
 
 
-def test_study_with_the_embedding_judge_through_the_queue_and_study_report(env, workers, tmp_path):
+def test_study_with_the_embedding_judge_through_the_queue_and_study_report(env, workers, tmp_path, pg_url):
     workers.start()
     res = run_cli(["study", "stability", "--data", str(shared_data() / "vidb-sample" / "mft.json"),
                    "--theory", "mft", "--limit", "4", "--repeats", "2", "--paraphrases", "3", "--mode", "calibrated",
@@ -194,6 +194,15 @@ def test_study_with_the_embedding_judge_through_the_queue_and_study_report(env, 
     assert "has no prompt: paraphrases do not apply" in res.stderr
     job = res.stdout.strip().splitlines()[-1]
     assert run_cli(["jobs", "wait", job, "--timeout", "900"], env, timeout=960).returncode == 0
+    # the study records the VIDB it ranks against (the seed: every value's version 1); its windows
+    # draw anchors from those snapshots
+    from tests.test_score_job import _q
+
+    spec = json.loads(_q(pg_url, "SELECT spec::text AS s FROM jobs WHERE id=$1", job)[0]["s"])
+    assert len(spec["vidb_versions"]) == 32 and set(spec["vidb_versions"].values()) == {1}
+    v1 = {r["item_id"] for r in _q(pg_url, "SELECT item_id FROM vidb_version_items WHERE version = 1")}
+    used = {a for r in _q(pg_url, "SELECT anchor_ids FROM windows WHERE job_id=$1", job) for a in r["anchor_ids"]}
+    assert used and used <= v1
     out = tmp_path / "rep"
     rep = run_cli(["study", "report", job, "-o", str(out)], env, check=True)
     assert "no prompt" in rep.stdout

@@ -164,6 +164,15 @@ async def wait_and_export(store, job_id: str, output: Path | None, local_worker:
     return state
 
 
+async def record_vidb_view(store, spec):
+    """``spec`` with the VIDB it ranks against recorded (``vidb_versions``: every value's latest
+    version), so its anchors and a judge that learns from the VIDB stay put while the VIDB grows."""
+    from workers.vidb.versions import vidb_view
+
+    values = spec.all_values() if hasattr(spec, "all_values") else spec.values
+    return spec.model_copy(update={"vidb_versions": await vidb_view(store.pool, values)})
+
+
 def submit_and_follow(kind, spec, plan, describe, *, wait: bool, local_worker: bool | None,
                       output: Path | None = None, seed_vidb: bool = True, prepare=None, after=None) -> None:
     """What every job-submitting command does: submit a job of ``kind``, print ``describe(job, spec)``,

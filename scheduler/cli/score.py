@@ -98,12 +98,11 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
         click.echo(est.render())
         return
     async def with_versions(store, spec):
-        from workers.vidb.versions import latest_versions, version_exists
+        from scheduler.cli.jobs import record_vidb_view
+        from workers.vidb.versions import version_exists
 
-        # record the VIDB the job ranks against: the version of every value it scores (0: no items
-        # yet) and of every other value with versions (a judge that learns from the VIDB, the
-        # embedding judge, learns from all values)
-        versions = {**await latest_versions(store.pool), **await latest_versions(store.pool, spec.values)}
+        spec = await record_vidb_view(store, spec)
+        versions = spec.vidb_versions
         for value, n in pins.items():
             if not await version_exists(store.pool, value, n):
                 raise click.BadParameter(f"value {value!r} has no VIDB version {n} (latest: {versions.get(value, 0)})",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scheduler.cli.jobs import submit_and_follow
+from scheduler.cli.jobs import record_vidb_view, submit_and_follow
 from scheduler.cli.score import resolve_values
 
 
@@ -81,8 +81,8 @@ def steer(queries_path, query_field, values, theories, levels, regimes, combos, 
                             seed=seed)
     except ValidationError as exc:
         raise click.ClickException(exc.errors()[0]["msg"]) from None
-    submit_and_follow(steer_kind.KIND, spec, steer_kind.planner(spec),
+    submit_and_follow(steer_kind.KIND, spec, steer_kind.planner,
                       lambda job, s: f"{job['n_items']} generations with {model} ({len(vals)} values × levels "
                                      f"{levels}, {len(parsed_combos)} combos, regimes {', '.join(s.regimes)}, "
                                      f"{samples} sample(s)); judge {judge}",
-                      wait=wait, local_worker=local_worker, output=output)
+                      wait=wait, local_worker=local_worker, output=output, prepare=record_vidb_view)

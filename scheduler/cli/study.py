@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from scheduler.cli.common import console, run_with_store
-from scheduler.cli.jobs import submit_and_follow
+from scheduler.cli.jobs import record_vidb_view, submit_and_follow
 from scheduler.cli.score import value_options
 from schemas.settings import load_settings
 
@@ -97,11 +97,11 @@ def stability(judge, data, values, theories, limit, repeats, paraphrases, k, m, 
     async def report(store, job_id, _spec):
         await write_report(store, job_id, out_dir or Path(f"study-{job_id}"))
 
-    submit_and_follow(study_kind.KIND, spec, study_kind.planner(spec, rows),
+    submit_and_follow(study_kind.KIND, spec, lambda s: study_kind.planner(s, rows),
                       lambda job, s: f"study of {len(rows)} texts × {len(keys)} value(s) × {repeats * paraphrases} "
                                      f"runs ({repeats} repeats × {paraphrases} paraphrases); {job['n_windows']} "
                                      f"ranking windows (k={k}), judge {judge}",
-                      wait=wait, local_worker=local_worker, after=report)
+                      wait=wait, local_worker=local_worker, after=report, prepare=record_vidb_view)
 
 
 async def write_report(store, job_id: str, out_dir: Path) -> None:

@@ -40,6 +40,13 @@ async def latest_versions(conn, values: Sequence[str] | None = None) -> dict[str
     return got if values is None else {v: got.get(v, 0) for v in values}
 
 
+async def vidb_view(conn, values: Sequence[str]) -> dict[str, int]:
+    """What a job that scores ``values`` records as the VIDB it ranks against: the latest version of
+    each of them (0: no items yet) and of every other value (a judge that learns from the VIDB,
+    the embedding judge, learns from all values)."""
+    return {**await latest_versions(conn), **await latest_versions(conn, values)}
+
+
 async def gather_comparisons(conn, value: str, job_ids: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """The value's comparisons from its source jobs and ``job_ids`` as two flat arrays: every
     comparison's members in rank order (best first; ``item_ids[ranking]``), one after another, and

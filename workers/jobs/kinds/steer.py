@@ -41,7 +41,7 @@ PLAN_BATCH = 5_000
 def planner(spec: SteerJobSpec):
     async def plan(store: Store, job_id: str) -> tuple[int, int, int]:
         queries = read_queries(spec.queries, spec.query_field)
-        await score.anchor_pools(store, spec.all_values(), spec.k)  # fails early when a value has too few anchors
+        await score.anchor_pools(store, spec.all_values(), spec.k, spec.vidb_versions)  # fails early when a value has too few anchors
         pools: dict[str, list[tuple[str, float]]] = {}
         if "exemplars" in spec.regimes:
             for v in spec.all_values():
@@ -77,7 +77,7 @@ async def plan_chunk_windows(ctx: StageContext) -> int:
         return 0
     sspec = spec.score_spec()
     all_values = sspec.values
-    pools = {p.value: p for p in await score.anchor_pools(ctx.store, all_values, spec.k)}
+    pools = {p.value: p for p in await score.anchor_pools(ctx.store, all_values, spec.k, spec.vidb_versions)}
     out = []
     for vi, value in enumerate(all_values):
         items = [r for r in rows if value in r["values"]]

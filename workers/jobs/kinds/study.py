@@ -65,7 +65,7 @@ def planner(spec: StudySpec, labelled: Labelled):
     async def plan(store: Store, job_id: str) -> tuple[int, int, int]:
         if not rows:
             raise ValueError(f"{spec.data}: no labelled texts for {', '.join(spec.values)}")
-        pools = await score_kind.anchor_pools(store, spec.values, spec.k)
+        pools = await score_kind.anchor_pools(store, spec.values, spec.k, spec.vidb_versions)
         queue = score_kind.judge_queue(spec)  # type: ignore[arg-type]
         n = len(rows)
         spans = {}
