@@ -35,6 +35,7 @@ import asyncio
 import copy
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -47,6 +48,7 @@ from workers.judges.base import Judge
 from workers.judges.config import JudgeConfig
 from workers.stats.multitask_ridge import (DEFAULT_GRID, CVResult, MultiTaskProbe, cap_rows, cross_validate,
                                            fit_multitask, task_basis)
+from workers.vidb.versions import view_items
 
 MIN_ANCHORS = 3
 
@@ -100,21 +102,9 @@ class StoreAnchors:
         self.versions = {v: n for v, n in (versions or {}).items() if n > 0}
         self.only_agreed = only_agreed
 
-    def _rows(self) -> tuple[str, list]:
-        """SQL for every anchor row (value, id, text_id, intensity), and its arguments $1..$3."""
-        from workers.vidb.adjudicate import UNAGREED
-
-        sql = ("SELECT v.value, v.id, v.text_id, v.intensity FROM vidb_items v"
-               " WHERE NOT (v.value = ANY($1::text[])) AND NOT (v.flags && $3::text[]) UNION ALL"
-               " SELECT v.value, v.item_id, v.text_id, v.intensity FROM vidb_version_items v"
-               " JOIN unnest($1::text[], $2::int[]) AS p(value, version) ON v.value = p.value AND v.version = p.version"
-               " WHERE NOT (v.flags && $3::text[])")
-        return sql, [list(self.versions), list(self.versions.values()), list(UNAGREED) if self.only_agreed else []]
-
     async def counts(self) -> dict[str, int]:
-        sql, args = self._rows()
-        rows = await self.store.pool.fetch(f"SELECT value, count(*) AS n FROM ({sql}) x GROUP BY value", *args)
-        return {r["value"]: r["n"] for r in rows}
+        return dict(Counter(r["value"] for r in await view_items(self.store.pool, None, self.versions,
+                                                                  self.only_agreed)))
 
     async def state(self) -> tuple:
         """The pinned versions, and every other value's latest version: every change to a value's
@@ -126,10 +116,9 @@ class StoreAnchors:
                             for r in latest))
 
     async def fetch(self, value: str) -> tuple[list[str], list[float]]:
-        sql, args = self._rows()
-        rows = await self.store.pool.fetch(f"SELECT t.body, x.intensity FROM ({sql}) x JOIN texts t ON t.id = x.text_id"
-                                           " WHERE x.value = $4 ORDER BY x.id", *args, value)
-        return [r["body"] for r in rows], [float(r["intensity"]) for r in rows]
+        rows = await view_items(self.store.pool, [value], self.versions, self.only_agreed)
+        bodies = await self.store.text_bodies([r["text_id"] for r in rows])
+        return [bodies[r["text_id"]] for r in rows], [float(r["intensity"]) for r in rows]
 
 
 def store_anchors(store, versions: dict[str, int] | None = None, only_agreed: bool = False) -> StoreAnchors:

@@ -23,8 +23,6 @@ from collections import defaultdict
 
 from workers.vidb import versions as V
 
-UNAGREED = ("implausible", "disputed")
-
 
 def merge(model: float, ratings: list[float], weight: float) -> float:
     """s* = (1 - λ) s + λ mean(h)."""

@@ -15,6 +15,9 @@ import asyncpg
 import numpy as np
 
 
+UNAGREED = ("implausible", "disputed")  # flags set by `vidb audit` and `vidb adjudicate`
+
+
 async def value_lock(conn: asyncpg.Connection, value: str) -> None:
     """Transaction-scoped advisory lock on a value: every write to its items (a refit, an audit's
     verdict, an adjudication, an import) runs one at a time; different values in parallel."""
@@ -38,6 +41,22 @@ async def latest_versions(conn, values: Sequence[str] | None = None) -> dict[str
                             None if values is None else list(values))
     got = {r["value"]: int(r["v"]) for r in rows}
     return got if values is None else {v: got.get(v, 0) for v in values}
+
+
+async def view_items(conn, values: Sequence[str] | None = None, versions: dict[str, int] | None = None,
+                     only_agreed: bool = False) -> list[asyncpg.Record]:
+    """The items (value, id, text_id, intensity) of ``values`` (None: every value) as a job sees the
+    VIDB: a value in ``versions`` (version ≥ 1) as that version's snapshot, any other as its current
+    items; with ``only_agreed``, none flagged :data:`UNAGREED`. In (value, id) order."""
+    pinned = {v: n for v, n in (versions or {}).items() if n > 0}
+    return await conn.fetch(
+        "SELECT value, id, text_id, intensity FROM ("
+        " SELECT value, id, text_id, intensity, flags FROM vidb_items WHERE NOT (value = ANY($1::text[]))"
+        " UNION ALL SELECT v.value, v.item_id, v.text_id, v.intensity, v.flags FROM vidb_version_items v"
+        " JOIN unnest($1::text[], $2::int[]) AS p(value, version) ON v.value = p.value AND v.version = p.version) x"
+        " WHERE NOT (flags && $3::text[]) AND ($4::text[] IS NULL OR value = ANY($4::text[])) ORDER BY value, id",
+        list(pinned), list(pinned.values()), list(UNAGREED) if only_agreed else [],
+        None if values is None else list(values))
 
 
 async def vidb_view(conn, values: Sequence[str]) -> dict[str, int]:

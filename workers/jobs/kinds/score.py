@@ -27,6 +27,7 @@ from workers.stats.anchored import UPSTREAM_PRIOR, fit_judge_scale, score_anchor
 from workers.stats.calibration import HIGH, LOW
 from workers.stats.judge_health import judge_health
 from workers.store import Store
+from workers.vidb.versions import view_items
 
 PLAN_BLOCK = 10_000  # input rows planned together; fixed, so a plan never depends on read batching
 EXPORT_COLUMNS = ("id", "value", "intensity", "stderr", "utility", "utility_se", "windows_used", "windows_failed",
@@ -52,24 +53,17 @@ def plan_block(spec: ScoreJobSpec, pools: list[AnchorPool], item_text_ids: np.nd
     return out, [chunk_offset + c for c in chunks]
 
 
-UNAGREED_FLAGS = ["implausible", "disputed"]  # set by `vidb audit` and `vidb adjudicate`
-
-
 async def anchor_pools(store: Store, values: Sequence[str], k: int,
                        versions: dict[str, int] | None = None, only_agreed: bool = False) -> list[AnchorPool]:
     """Each value's anchors: its current VIDB items, or the snapshot of the version in ``versions``
     (a job planned against version v plans the same windows after the VIDB has grown). With
     ``only_agreed``, items flagged implausible by a judge panel or disputed by people are left out."""
+    by_value: dict[str, list] = {v: [] for v in values}
+    for r in await view_items(store.pool, values, versions, only_agreed):
+        by_value[r["value"]].append(r)
     pools = []
     for v in values:
-        version = (versions or {}).get(v, 0)
-        if version > 0:
-            rows = await store.pool.fetch("SELECT item_id AS id, text_id, intensity, flags FROM vidb_version_items"
-                                          " WHERE value = $1 AND version = $2 ORDER BY item_id", v, version)
-        else:
-            rows = await store.vidb(v)
-        if only_agreed:
-            rows = [r for r in rows if not set(r["flags"] or ()) & set(UNAGREED_FLAGS)]
+        rows = by_value[v]
         if len(rows) < k - 1:
             raise ValueError(f"value {v!r} has {len(rows)} VIDB items; windows of k={k} need at least {k - 1} "
                              "(import more with 'valueflow vidb import')")
