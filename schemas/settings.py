@@ -69,6 +69,15 @@ def max_text_chars() -> int:
     return _int("VALUEFLOW_MAX_TEXT_CHARS", DEFAULT_MAX_TEXT_CHARS)
 
 
+DEFAULT_JUDGE_VIEWS = 8  # each holds a fitted probe: a few MB and a few seconds to refit
+
+
+def judge_views() -> int:
+    """``VALUEFLOW_JUDGE_VIEWS``: how many judges a worker keeps for jobs' VIDB views (the embedding
+    judge of each VIDB state jobs planned against, least recently used dropped; default 8)."""
+    return _int("VALUEFLOW_JUDGE_VIEWS", DEFAULT_JUDGE_VIEWS)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None
@@ -79,6 +88,7 @@ class Settings:
     max_redeliveries: int  # a chunk started more often than this is failed, not retried forever
     visibility_timeout: int  # seconds; longer than the longest task
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # longest input text accepted
+    judge_views: int = DEFAULT_JUDGE_VIEWS  # judges a worker keeps for jobs' VIDB views
 
     @property
     def embedded(self) -> bool:
@@ -110,4 +120,5 @@ def load_settings() -> Settings:
         max_redeliveries=_int("VALUEFLOW_MAX_REDELIVERIES", 5),
         visibility_timeout=_int("VALUEFLOW_VISIBILITY_TIMEOUT", 4 * 3600, minimum=60),
         max_text_chars=max_text_chars(),
+        judge_views=judge_views(),
     )

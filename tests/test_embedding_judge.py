@@ -182,7 +182,7 @@ def test_refits_when_the_vidb_grows_and_names_thin_values(encoder, embedding_jud
 
 
 def test_a_job_pinned_to_a_vidb_version_is_judged_by_that_version_after_the_vidb_changes(encoder, embedding_judge,
-                                                                                          pg_url):
+                                                                                          pg_url, monkeypatch):
     """The store's embedding judge learns from the VIDB as it is now, and fits again when an
     adjudication changes intensities (no item count changes). A job that planned against version 1
     (and one with ``--vidb-filter agreed``) gets a judge that learns from what the job planned with:
@@ -234,12 +234,16 @@ def test_a_job_pinned_to_a_vidb_version_is_judged_by_that_version_after_the_vidb
             assert judge.fitted is not fitted_base and not np.allclose(base0, base1)  # the worker's judge learned
             assert pinned.fitted is fitted_pinned and np.array_equal(pinned0, pinned1)  # the job's did not
 
-            # a worker keeps the judges of its last MAX_JUDGE_VIEWS views, each view one judge
-            from workers.jobs.judge_stage import MAX_JUDGE_VIEWS
-
-            others = [job_judge(vidb_versions={value: 1, "justice": n}) for n in range(1, MAX_JUDGE_VIEWS + 1)]
-            assert len({id(j) for j in others}) == MAX_JUDGE_VIEWS and job_judge(vidb_versions={value: 1}) is not pinned
-            assert job_judge(vidb_versions={value: 1, "justice": MAX_JUDGE_VIEWS}) is others[-1]
+            # a worker keeps the judges of its last VALUEFLOW_JUDGE_VIEWS views (default 8), one per view
+            others = [job_judge(vidb_versions={value: 1, "justice": n}) for n in range(1, 9)]
+            assert len({id(j) for j in others}) == 8 and job_judge(vidb_versions={value: 1}) is not pinned
+            assert job_judge(vidb_versions={value: 1, "justice": 8}) is others[-1]
+            monkeypatch.setenv("VALUEFLOW_JUDGE_VIEWS", "2")
+            newest = job_judge(vidb_versions={value: 1, "justice": 9})  # the cache shrinks to the 2 newest views
+            assert job_judge(vidb_versions={value: 1, "justice": 9}) is newest
+            assert job_judge(vidb_versions={value: 1, "justice": 8}) is others[-1]
+            assert job_judge(vidb_versions={value: 1, "justice": 7}) is not others[-2]  # kept by 8, not by 2
+            monkeypatch.delenv("VALUEFLOW_JUDGE_VIEWS")
 
             agreed = job_judge(vidb_versions={value: 2}, vidb_filter="agreed")
             n_all = (await judge.anchors.counts())[value]

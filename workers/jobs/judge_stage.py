@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from schemas.messages import Ranking
+from schemas.settings import judge_views
 from schemas.taxonomy import default_taxonomy
 from workers.jobs.kind import StageContext
 from workers.judges.base import Judge
@@ -30,13 +31,11 @@ def failure_cause(r: Ranking) -> str:
     return "judge_error"
 
 
-MAX_JUDGE_VIEWS = 8  # judges kept per worker for jobs' VIDB views (each holds a fitted probe)
-
-
 def judge_of(ctx: StageContext, name: str) -> Judge:
     """The worker's judge ``name``; for a job that records the VIDB versions it planned against (and
     its ``--vidb-filter``), a judge that learns from the VIDB (the embedding judge) sees it as the
-    job planned it, so the job ranks the same way after the VIDB has grown."""
+    job planned it, so the job ranks the same way after the VIDB has grown. The worker keeps the
+    judges of the last ``VALUEFLOW_JUDGE_VIEWS`` such views (:func:`schemas.settings.judge_views`)."""
     judge = ctx.resources.cached(f"judge:{name}", lambda: make_judge(name, ctx.store))
     versions = {v: n for v, n in (getattr(ctx.spec, "vidb_versions", None) or {}).items() if n > 0}
     agreed = getattr(ctx.spec, "vidb_filter", "all") == "agreed"
@@ -46,7 +45,7 @@ def judge_of(ctx: StageContext, name: str) -> Judge:
     key = (tuple(sorted(versions.items())), agreed)
     if key not in views:
         views[key] = judge.for_vidb(versions, agreed)
-        while len(views) > MAX_JUDGE_VIEWS:  # a long-lived worker sees ever newer versions
+        while len(views) > judge_views():  # a long-lived worker sees ever newer versions
             views.popitem(last=False)
     views.move_to_end(key)
     return views[key]
