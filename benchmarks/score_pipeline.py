@@ -64,10 +64,15 @@ def _chunks(rows: list, size: int = 10_000):
 
 
 async def _submit(store, app, spec, rows) -> str:
-    """Stage, plan, make live and enqueue a scoring job: the path ``valueflow score`` takes."""
+    """Record the VIDB view, stage, plan, make live and enqueue a scoring job: the path ``valueflow
+    score`` takes (so each worker's embedding judge is the job's pinned view, fitted once per worker
+    in the warm-up job, which plans against the same VIDB)."""
     from scheduler import jobs
+    from scheduler.cli.jobs import record_vidb_view
     from workers.jobs.kinds import score as score_kind
 
+    spec = await record_vidb_view(store, spec)
+    assert spec.vidb_versions, "the seed VIDB gives every value a version"
     return await jobs.submit(store, app, score_kind.KIND, spec, score_kind.planner(spec, _chunks(rows)))
 
 

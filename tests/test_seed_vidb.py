@@ -123,3 +123,70 @@ def test_vidb_files_keep_each_text_once_and_refuse_two_ratings_of_one(tmp_path):
     with pytest.raises(InputError, match=r"few\.json: care-harm\[2\]\[0\]: field 'text': same text as care-harm\[1\]\[0\], "
                                          r"rated 3 there and 7 here"):
         read_vidb(js)
+
+
+BIG = 131_073  # one more than the csv module's default field limit
+
+
+@pytest.mark.parametrize("name, body, message", [
+    ("care-harm_mft.csv", b"text,final_rating\nI helped.,3\nI \xffhelped.,4\n",
+     r"care-harm_mft\.csv:3: field 'text': invalid UTF-8 \(byte 0xff"),
+    ("care-harm_mft.csv", b"\xef\xbb\xbftext,final_rating\nI helped.,true\n",  # BOM: Excel's "CSV UTF-8"
+     r"care-harm_mft\.csv:2: field 'final_rating': not a number: 'true'"),
+    ("care-harm_mft.csv", b'text,final_rating\nI helped.,3\n"I stayed\nall night.",x\n',
+     r"care-harm_mft\.csv:3: field 'final_rating': not a number"),  # a record named by its first line
+    ("care-harm_mft.csv", b"text,rating\nI helped.,3\n", r"care-harm_mft\.csv:1: field 'final_rating': column missing"),
+    ("care-harm_mft.csv", b"text,final_rating\n", r"care-harm_mft\.csv: no rows"),
+    ("care-harm_mft.csv", b"text,final_rating\n" + b"a" * BIG + b",3\n",
+     r"care-harm_mft\.csv:2: field 'text': more than 100,000 characters, over the limit \(VALUEFLOW_MAX_TEXT_CHARS\)"),
+    ("care-harm_mft.csv", b"text,final_rating\nI helped.\x00,3\n", r"care-harm_mft\.csv:2: field 'text': contains a NUL"),
+    ("few.json", b'{"care-harm": {"1": [{"text": "I \xffhelped.", "intensity": 3}]}}', r"few\.json:1: invalid UTF-8"),
+    ("few.json", b'{"care-harm": {"1": 5}}', r"few\.json: care-harm\[1\]: expected a list of items, got int"),
+    ("few.json", b'{"care-harm": {"1": ["I helped."]}}', r"few\.json: care-harm\[1\]\[0\]: expected an object"),
+    ("few.json", b'{"care-harm": {"1": [{"text": 5, "intensity": 3}]}}',
+     r"few\.json: care-harm\[1\]\[0\]: field 'text': expected a string, got int"),
+    ("few.json", b'{"care-harm": {"1": [{"text": "I helped.", "intensity": true}]}}',
+     r"few\.json: care-harm\[1\]\[0\]: field 'intensity': not a number: True"),
+    ("few.json", b'{"care-harm": {}}', r"few\.json: no items"),
+])
+def test_malformed_vidb_files_name_file_line_and_field(tmp_path, name, body, message):
+    from workers.io.inputs import InputError
+    from workers.io.vidb_files import read_vidb
+
+    path = tmp_path / name
+    path.write_bytes(body)
+    with pytest.raises(InputError, match=message):
+        read_vidb(path)
+
+
+def test_vidb_texts_are_kept_as_given_like_corpus_texts(tmp_path):
+    """Surrounding spaces are part of a text everywhere (the corpus reader keeps them), so a VIDB
+    exported and read back names the same texts; a BOM is not part of the header."""
+    from workers.io.vidb_files import read_vidb, write_vidb_export
+
+    rows = [{"text": " I helped. ", "intensity": 3.0, "utility": None, "stderr": None, "flags": [], "source": "x"},
+            {"text": 'She said "no, never".\n', "intensity": -2.5, "utility": None, "stderr": None, "flags": [],
+             "source": "x"}]
+    out = tmp_path / "care-harm_mft.csv"
+    write_vidb_export(out, "care-harm", 1, rows)
+    assert read_vidb(out) == {"care-harm": [(" I helped. ", 3.0), ('She said "no, never".\n', -2.5)]}
+    out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())
+    assert read_vidb(out) == {"care-harm": [(" I helped. ", 3.0), ('She said "no, never".\n', -2.5)]}
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"\xef\xbb\xbfitem_id,value,human_rating,rater\n7,care-harm,x,ann\n", r"s\.csv:2: field 'human_rating': not a number"),
+    (b"item_id,value,human_rating\n7,care-harm,3\n", r"s\.csv:1: field 'rater': column missing"),
+    (b'item_id,value,text,human_rating,rater\n7,care-harm,"two\nlines",11,ann\n',
+     r"s\.csv:2: field 'human_rating': intensity 11\.0 outside"),
+    (b"item_id,value,human_rating,rater\n7,care-harm,3,\xff\n", r"s\.csv:2: field 'rater': invalid UTF-8"),
+    (b"item_id,value,human_rating,rater\nseven,care-harm,3,ann\n", r"s\.csv:2: field 'item_id': not an integer"),
+])
+def test_malformed_review_sheets_name_file_line_and_field(tmp_path, body, message):
+    from workers.io.inputs import InputError
+    from workers.io.vidb_files import read_review
+
+    path = tmp_path / "s.csv"
+    path.write_bytes(body)
+    with pytest.raises(InputError, match=message):
+        read_review(path)

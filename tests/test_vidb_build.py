@@ -260,7 +260,11 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
     (tmp_path / "nohead.csv").write_text("words,score\na,1\n")
     res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
                    "--reference", str(tmp_path / "nohead.csv")], env)
-    assert res.returncode != 0 and "header must have 'text' and 'final_rating'" in res.stderr
+    assert res.returncode != 0 and f"{tmp_path / 'nohead.csv'}:1: field 'text': column missing" in res.stderr
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftext,final_rating\nfine text,2\nan \xffodd text,3\n")
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(tmp_path / "bom.csv")], env)  # a BOM is no part of the header; bad bytes named
+    assert res.returncode != 0 and f"{tmp_path / 'bom.csv'}:3: field 'text': invalid UTF-8 (byte 0xff" in res.stderr
     # a reference text twice with two ratings; a reference text that is also in the corpus
     twice = tmp_path / "twice.csv"
     twice.write_text('text,final_rating\nfirst text,2\nsecond text,-4\n"first text",5\n')
@@ -273,6 +277,24 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
                    "--reference", str(shared)], env)
     assert res.returncode != 0, res.stderr
     assert f"{shared}:22: field 'text': also in the corpus ({tmp_path / 'corpus.jsonl'}:5)" in " ".join(res.stderr.split())
+    # too few texts for any design (no references with --scale minmax), refused before a text is stored
+    write_jsonl(tmp_path / "two.jsonl", rows[:2])
+    res = run_cli(["vidb", "build", str(tmp_path / "two.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--scale", "minmax"], env)
+    assert res.returncode != 0 and "2 text(s) and 0 reference(s): pairwise design needs at least 3 texts, got 2 (--k 2)" \
+        in " ".join(res.stderr.split()), res.stderr
+    write_jsonl(tmp_path / "three.jsonl", rows[:3])
+    res = run_cli(["vidb", "build", str(tmp_path / "three.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--scale", "minmax", "--k", "6"], env)
+    assert res.returncode != 0 and "3 text(s) and 0 reference(s): need at least k=6 texts, got 3 (--k 6)" \
+        in " ".join(res.stderr.split()), res.stderr
+    # an export format it cannot write, and -o without --wait, are refused before the job is submitted
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(tmp_path / "refs.csv"), "--wait", "-o", str(tmp_path / "built.txt")], env)
+    assert res.returncode != 0 and "built.txt: use .jsonl, .csv or .parquet" in " ".join(res.stderr.split())
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(tmp_path / "refs.csv"), "-o", str(tmp_path / "built.jsonl")], env)
+    assert res.returncode != 0 and "needs --wait" in res.stderr
     assert asyncio.run(snapshot()) == empty  # nothing stored by any refusal
 
     workers.start()

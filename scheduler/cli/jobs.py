@@ -173,6 +173,27 @@ async def record_vidb_view(store, spec):
     return spec.model_copy(update={"vidb_versions": await vidb_view(store.pool, values)})
 
 
+def _export_path(ctx, param, value: Path | None) -> Path | None:
+    from scheduler import jobs as J
+
+    if value is not None and value.suffix.lower() not in J.EXPORT_SUFFIXES:
+        raise click.BadParameter(f"{value}: use .jsonl, .csv or .parquet")
+    return value
+
+
+def follow_options(output_help: str | None):
+    """``--wait``, ``--local-worker`` and (with ``output_help``) ``-o``: what a command that submits a
+    job offers. The export's format is checked before anything is submitted."""
+    def deco(f):
+        if output_help is not None:
+            f = click.option("-o", "--output", type=click.Path(path_type=Path), callback=_export_path,
+                             help=f"{output_help} (.jsonl/.csv/.parquet; needs --wait)")(f)
+        f = click.option("--local-worker/--no-local-worker", default=None,
+                         help="run a worker inside this command while waiting [default: on for the embedded default]")(f)
+        return click.option("--wait/--no-wait", default=False, help="wait for the job, with a progress bar")(f)
+    return deco
+
+
 def submit_and_follow(kind, spec, plan, describe, *, wait: bool, local_worker: bool | None,
                       output: Path | None = None, seed_vidb: bool = True, prepare=None, after=None) -> None:
     """What every job-submitting command does: submit a job of ``kind``, print ``describe(job, spec)``,
@@ -186,6 +207,8 @@ def submit_and_follow(kind, spec, plan, describe, *, wait: bool, local_worker: b
     from scheduler import jobs as J
     from schemas.settings import load_settings
 
+    if output is not None and not wait:
+        raise click.UsageError(f"-o {output} needs --wait (or export later: valueflow jobs export JOB -o {output})")
     settings = load_settings()
     _, broker = resolve_urls()
     app = celery_app(broker)

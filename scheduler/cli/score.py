@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scheduler.cli.jobs import submit_and_follow
+from scheduler.cli.jobs import follow_options, submit_and_follow
 from schemas.settings import load_settings
 
 
@@ -56,14 +56,10 @@ def resolve_values(values, theories):
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--chunk-size", default=None, type=click.IntRange(1), help="windows per task [VALUEFLOW_CHUNK_SIZE]")
 @click.option("--dry-run", is_flag=True, help="print what the job would cost (windows, calls, tokens); store nothing")
-@click.option("--wait/--no-wait", default=False, help="wait for the job, with a progress bar")
-@click.option("--local-worker/--no-local-worker", default=None,
-              help="run a worker inside this command while waiting [default: on for the embedded default]")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="export scores here when done (.jsonl/.csv/.parquet)")
+@follow_options("export scores here when done")
 def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empty_bucket, vidb_filter, vidb_pins,
           min_anchor_tau, seed, id_field, text_field, chunk_size, dry_run, wait, local_worker, output) -> None:
     """Score INPUT's texts for value intensity in [-10, 10] through the queue."""
-    from scheduler import jobs as J
     from schemas.messages import ScoreJobSpec
     from workers.io.inputs import InputError, iter_input_batches
     from workers.jobs.kinds import score as score_kind
@@ -75,8 +71,6 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
         get_judge_config(judge)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    if output is not None and output.suffix.lower() not in J.EXPORT_SUFFIXES:
-        raise click.BadParameter("use .jsonl, .csv or .parquet", param_hint="--output")
     settings = load_settings()
     spec = ScoreJobSpec(input=str(input_path), values=[v.key for v in vals], judge=judge, k=k, windows=m,
                         anchors=anchors, seed=seed, mode=mode, layout=layout, empty_bucket=empty_bucket, vidb_filter=vidb_filter, min_anchor_tau=min_anchor_tau,

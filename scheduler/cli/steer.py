@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scheduler.cli.jobs import record_vidb_view, submit_and_follow
+from scheduler.cli.jobs import follow_options, record_vidb_view, submit_and_follow
 from scheduler.cli.score import resolve_values
 
 
@@ -45,17 +45,12 @@ def parse_levels(ctx, param, text: str) -> list[int]:
 @click.option("--mode", default="upstream", show_default=True, type=click.Choice(["upstream", "calibrated"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--gen-chunk", default=16, show_default=True, type=click.IntRange(1), help="generations per task")
-@click.option("--wait/--no-wait", default=False, help="wait for the job, with a progress bar")
-@click.option("--local-worker/--no-local-worker", default=None,
-              help="run a worker inside this command while waiting [default: on for the embedded default]")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="export responses and scores here when done (.jsonl/.csv/.parquet)")
+@follow_options("export responses and scores here when done")
 def steer(queries_path, query_field, values, theories, levels, regimes, combos, model, samples, n_exemplars, judge, k,
           m, mode, seed, gen_chunk, wait, local_worker, output) -> None:
     """Generate responses to queries steered to target intensities of values, and score them."""
     from pydantic import ValidationError
 
-    from scheduler import jobs as J
     from schemas.messages import SteerJobSpec
     from workers.generation.config import get_model_config
     from workers.jobs.kinds import steer as steer_kind
@@ -72,8 +67,6 @@ def steer(queries_path, query_field, values, theories, levels, regimes, combos, 
         raise click.ClickException(str(exc)) from None
     if not vals and not parsed_combos:
         raise click.UsageError("give --value, --theory or --combo")
-    if output is not None and output.suffix.lower() not in J.EXPORT_SUFFIXES:
-        raise click.BadParameter("use .jsonl, .csv or .parquet", param_hint="--output")
     try:
         spec = SteerJobSpec(queries=str(queries_path), query_field=query_field, values=vals, levels=levels,
                             combos=parsed_combos, regimes=list(regimes) or ["persona"], model=model, samples=samples,

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from scheduler.cli.common import console, run_with_store
+from scheduler.cli.jobs import follow_options
 
 
 @click.group()
@@ -109,16 +110,8 @@ def _submit(kind, spec, plan, wait: bool, local_worker: bool | None, output: Pat
                       wait=wait, local_worker=local_worker, output=output, seed_vidb=False, after=show_version)
 
 
-def follow_options(f):
-    """--wait, --local-worker and -o: what every command submitting a job offers."""
-    f = click.option("-o", "--output", type=click.Path(path_type=Path), help="export the job's items when done")(f)
-    f = click.option("--local-worker/--no-local-worker", default=None,
-                     help="run a worker inside this command while waiting [default: on for the embedded default]")(f)
-    return click.option("--wait/--no-wait", default=False, help="wait for the job, with a progress bar")(f)
-
-
 def job_options(f):
-    f = follow_options(f)
+    f = follow_options("export the job's items when done")(f)
     f = click.option("--text-field", default="text", show_default=True)(f)
     f = click.option("--id-field", default="id", show_default=True)(f)
     f = click.option("--seed", default=0, show_default=True, type=int)(f)
@@ -301,7 +294,7 @@ def vidb_export(value, version, output) -> None:
               help="ranking judges: neighbours this far below and above the item's intensity")
 @click.option("--items-per-chunk", default=256, show_default=True, type=click.IntRange(1),
               help="items per task (each task is one judge's votes on them)")
-@follow_options
+@follow_options("export the audited items when done")
 def vidb_audit(value, panel, min_weird, margin, items_per_chunk, wait, local_worker, output) -> None:
     """Ask a judge panel whether each item's intensity is plausible; flag the doubtful ones (a job:
     one task per judge and block of items, on the judge's queue; finalize sets the flags)."""

@@ -109,8 +109,15 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
             yield n, obj
 
 
-def _csv_records(path: Path, text_col: str, text_limit: int | None = None) -> Iterator[tuple[int, dict]]:
-    """Records of a CSV (default dialect, strict) keyed by the header, numbered by their first line."""
+def csv_records(path: Path, text_col: str, text_limit: int | None = None,
+                also: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
+    """Records of a CSV (default dialect, strict) keyed by the header, numbered by their first line.
+
+    The header must name ``text_col`` and every column in ``also``. ``text_limit``: the text column
+    may hold that many characters (the csv module's process-wide field limit is raised to allow it,
+    never lowered) and a longer one is reported against that limit."""
+    if text_limit is not None and csv.field_size_limit() <= text_limit:
+        csv.field_size_limit(text_limit + 1)
     header: list[str] | None = None
     with path.open("rb") as fh:
         lines = _Lines(fh)
@@ -132,8 +139,9 @@ def _csv_records(path: Path, text_col: str, text_limit: int | None = None) -> It
                 continue  # blank line
             if header is None:
                 header = row
-                if text_col not in header:
-                    raise InputError(f"{path}:{start}: field {text_col!r}: column missing from the header {header}")
+                for col in (text_col, *also):
+                    if col not in header:
+                        raise InputError(f"{path}:{start}: field {col!r}: column missing from the header {header}")
                 if len(set(header)) != len(header):
                     twice = sorted({h for h in header if header.count(h) > 1})
                     raise InputError(f"{path}:{start}: field {twice[0]!r}: column named twice in the header")
@@ -265,13 +273,13 @@ def iter_records(path: str | Path, text_col: str, columns: Iterable[str] | None 
     if suffix in JSONL_SUFFIXES:
         return _jsonl_records(path)
     if suffix == ".csv":
-        return _csv_records(path, text_col, text_limit)
+        return csv_records(path, text_col, text_limit)
     if suffix in PARQUET_SUFFIXES:
         return _parquet_records(path, text_col, columns, batch_size)
     raise InputError(f"{path}: unsupported format {suffix or '(no suffix)'!r}; use .jsonl, .csv or .parquet")
 
 
-def _text_problem(value: object, limit: int) -> str | None:
+def text_problem(value: object, limit: int) -> str | None:
     """What is wrong with a text, or None."""
     if value is None:
         return "missing"
@@ -328,8 +336,6 @@ def iter_input_batches(path: str | Path, id_field: str = "id", text_field: str =
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     limit = _max_text_chars_setting() if max_text_chars is None else max_text_chars
-    if csv.field_size_limit() <= limit:  # process-wide; only ever raised, so that a text at the limit parses
-        csv.field_size_limit(limit + 1)
     path = Path(path)
     seen: set[int] = set()  # hash(ext_id): ~70 bytes per row
     batch: list[InputRow] = []
@@ -337,7 +343,7 @@ def iter_input_batches(path: str | Path, id_field: str = "id", text_field: str =
     for line, rec in iter_records(path, text_field, (id_field, text_field), batch_size, limit):
         text, raw_id = rec.get(text_field), rec.get(id_field)
         ext_id = _ext_id(raw_id, line)
-        if problem := _text_problem(text, limit):
+        if problem := text_problem(text, limit):
             raise InputError(f"{path}:{line}: field {text_field!r}: {problem}")
         if problem := _id_problem(raw_id, ext_id):
             raise InputError(f"{path}:{line}: field {id_field!r}: {problem}")

@@ -16,7 +16,8 @@ import math
 import re
 from pathlib import Path
 
-from workers.io.inputs import InputError
+from schemas.settings import max_text_chars
+from workers.io.inputs import InputError, csv_records, text_problem
 from schemas.seed import seed_vidb
 from schemas.taxonomy import default_taxonomy
 
@@ -24,6 +25,8 @@ Rows = dict[str, list[tuple[str, float]]]
 
 
 def _intensity(raw, where: str) -> float:
+    if isinstance(raw, bool):  # float(True) is 1.0: a JSON true is not a rating
+        raise InputError(f"{where}: not a number: {raw!r}")
     try:
         x = float(raw)
     except (TypeError, ValueError):
@@ -31,6 +34,14 @@ def _intensity(raw, where: str) -> float:
     if not math.isfinite(x) or not -10 <= x <= 10:
         raise InputError(f"{where}: intensity {x!r} outside [-10, 10]")
     return x
+
+
+def _text(raw, where: str) -> str:
+    """A VIDB text as given (not stripped: the corpus reader keeps texts as given too, so an
+    exported VIDB read back names the same texts); missing, blank, too long or unstorable is an error."""
+    if problem := text_problem(raw, max_text_chars()):
+        raise InputError(f"{where}: field 'text': {problem}")
+    return raw
 
 
 def _value_key(name: str, where: str) -> str:
@@ -67,8 +78,9 @@ class _Once:
 
 def read_vidb_csv(path: Path, value: str | None = None, lines: bool = False) -> Rows:
     """``text,final_rating`` (or ``text,intensity``); the value comes from the file name or ``value``.
-    A text may appear once (or repeated with the same rating). ``lines``: the rows are
-    (text, intensity, line) instead of pairs."""
+    A text may appear once (or repeated with the same rating). Read as every input CSV is
+    (:func:`workers.io.inputs.csv_records`: UTF-8 with or without a BOM, a record named by its first
+    line). ``lines``: the rows are (text, intensity, line) instead of pairs."""
     if value is None:
         m = re.match(r"(.+?)_(pvq|mft|duty|right)(?:_.*)?$", path.stem)
         if not m:
@@ -76,27 +88,31 @@ def read_vidb_csv(path: Path, value: str | None = None, lines: bool = False) -> 
         value = m.group(1)
     key = _value_key(value, str(path))
     once = _Once()
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        score_col = "final_rating" if "final_rating" in cols else "intensity" if "intensity" in cols else None
-        if "text" not in cols or score_col is None:
-            raise InputError(f"{path}:1: header must have 'text' and 'final_rating' columns, has {cols}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            text = (row.get("text") or "").strip()
-            if not text:
-                raise InputError(f"{where}: field 'text': empty text")
-            once.add(text, _intensity(row.get(score_col), f"{where}: field {score_col!r}"), where,
-                     f"line {reader.line_num}", reader.line_num)
+    score_col = None
+    for line, row in csv_records(path, "text", max_text_chars()):
+        where = f"{path}:{line}"
+        if score_col is None:
+            score_col = "final_rating" if "final_rating" in row else "intensity" if "intensity" in row else None
+            if score_col is None:
+                raise InputError(f"{path}:1: field 'final_rating': column missing from the header {list(row)} "
+                                 "(the upstream format is text,final_rating; intensity is accepted too)")
+        once.add(_text(row["text"], where), _intensity(row[score_col], f"{where}: field {score_col!r}"), where,
+                 f"line {line}", line)
+    if not once.rows:
+        raise InputError(f"{path}: no rows")
     if lines:
         return {key: [(t, x, n) for (t, x), n in zip(once.rows, once.lines)]}
     return {key: once.rows}
 
 
 def read_vidb_json(path: Path) -> Rows:
+    """Few-shot JSON ``{value: {bin: [{"text", "intensity"}, ...]}}``; errors name ``value[bin][i]``."""
+    data = path.read_bytes()
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{path}:{line}: invalid UTF-8 (byte 0x{data[exc.start]:02x})") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     if not isinstance(raw, dict):
@@ -105,15 +121,19 @@ def read_vidb_json(path: Path) -> Rows:
     for value, bins in raw.items():
         key = _value_key(value, f"{path}: value {value!r}")
         if not isinstance(bins, dict):
-            raise InputError(f"{path}: value {value!r}: expected an object of bins")
+            raise InputError(f"{path}: value {value!r}: expected an object of bins, got {type(bins).__name__}")
         for b, items in bins.items():
+            if not isinstance(items, list):
+                raise InputError(f"{path}: {value}[{b}]: expected a list of items, got {type(items).__name__}")
             for i, item in enumerate(items):
                 where = f"{path}: {value}[{b}][{i}]"
-                if not isinstance(item, dict) or not str(item.get("text") or "").strip():
-                    raise InputError(f"{where}: field 'text': missing or empty")
-                out.setdefault(key, _Once()).add(item["text"].strip(),
+                if not isinstance(item, dict):
+                    raise InputError(f"{where}: expected an object with text and intensity, got {type(item).__name__}")
+                out.setdefault(key, _Once()).add(_text(item.get("text"), where),
                                                  _intensity(item.get("intensity"), f"{where}: field 'intensity'"),
                                                  where, f"{value}[{b}][{i}]")
+    if not out:
+        raise InputError(f"{path}: no items")
     return {key: once.rows for key, once in out.items()}
 
 
@@ -198,28 +218,24 @@ def write_review(path: Path, rows) -> int:
 def read_review(path: Path) -> list[tuple[int, str, float, str, int]]:
     """Filled rows of a review sheet: (item_id, value, rating, rater, line); rows without a rating are skipped.
 
-    Every row is validated before any is returned; an error names ``file:line: field``."""
+    Read as every input CSV is (:func:`workers.io.inputs.csv_records`); every row is validated
+    before any is returned; an error names ``file:line: field``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     out = []
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("item_id", "value", "human_rating", "rater") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path}:1: header lacks column(s) {', '.join(missing)}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            raw = (row.get("human_rating") or "").strip()
-            if not raw:
-                continue
-            try:
-                item_id = int(row["item_id"])
-            except (TypeError, ValueError):
-                raise InputError(f"{where}: field 'item_id': not an integer: {row.get('item_id')!r}") from None
-            rating = _intensity(raw, f"{where}: field 'human_rating'")
-            rater = (row.get("rater") or "").strip()
-            if not rater:
-                raise InputError(f"{where}: field 'rater': who rated this item? (required with a rating)")
-            out.append((item_id, (row.get("value") or "").strip(), rating, rater, reader.line_num))
+    for line, row in csv_records(path, "item_id", max_text_chars(), also=("value", "human_rating", "rater")):
+        where = f"{path}:{line}"
+        raw = row["human_rating"].strip()
+        if not raw:
+            continue
+        try:
+            item_id = int(row["item_id"])
+        except ValueError:
+            raise InputError(f"{where}: field 'item_id': not an integer: {row['item_id']!r}") from None
+        rating = _intensity(raw, f"{where}: field 'human_rating'")
+        rater = row["rater"].strip()
+        if not rater:
+            raise InputError(f"{where}: field 'rater': who rated this item? (required with a rating)")
+        out.append((item_id, row["value"].strip(), rating, rater, line))
     return out

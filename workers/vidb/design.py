@@ -73,18 +73,23 @@ def components(n: int, windows: list[np.ndarray]) -> np.ndarray:
     return np.array([find(i) for i in range(n)])
 
 
-def balanced_design(n: int, k: int, per_text: int, rng: np.random.Generator, tries: int = 20) -> list[np.ndarray]:
-    """Windows (arrays of item indices in the order shown) of a connected balanced design.
-
-    Raises ``ValueError`` when n < k, n < 3 with k = 2 (no text could meet two opponents) or
-    ``per_text`` < 1.
-    """
+def check_design_size(n: int, k: int, per_text: int) -> None:
+    """``ValueError`` when no connected balanced design exists: n < k, n < 3 with k = 2 (no text
+    could meet two opponents), or ``per_text`` < 1."""
     if per_text < 1:
         raise ValueError(f"per_text: must be >= 1, got {per_text}")
     if n < k:
         raise ValueError(f"need at least k={k} texts, got {n}")
     if k == 2 and n < 3:
         raise ValueError(f"pairwise design needs at least 3 texts, got {n}")
+
+
+def balanced_design(n: int, k: int, per_text: int, rng: np.random.Generator, tries: int = 20) -> list[np.ndarray]:
+    """Windows (arrays of item indices in the order shown) of a connected balanced design.
+
+    Raises ``ValueError`` as :func:`check_design_size` does.
+    """
+    check_design_size(n, k, per_text)
     seen: set[tuple[int, int]] = set()
     windows: list[np.ndarray] = []
     for _ in range(per_text):

@@ -24,7 +24,7 @@ from workers.jobs.judge_stage import give_up_windows, judge_windows
 from workers.jobs.kind import FinalizeContext, JobKind, Stage, StageContext
 from workers.stats.calibration import MIN_REFERENCE_POINTS
 from workers.store import Store, text_hash
-from workers.vidb.design import balanced_design
+from workers.vidb.design import balanced_design, check_design_size
 from workers.vidb.refit import refit_and_write
 from workers.vidb.simulated_judge import ensure_judge, is_simulated
 
@@ -102,6 +102,10 @@ def planner(spec: VidbBuildSpec, rows: list[InputRow], references: list[tuple[st
         if spec.scale == "isotonic" and n_refs < MIN_REFERENCE_POINTS:
             raise ValueError(f"{have}; isotonic calibration needs at least {MIN_REFERENCE_POINTS} reference items: "
                              f"{', '.join(fixes)}, or use --scale minmax")
+        try:  # before anything is stored: texts and references together must admit a design
+            check_design_size(len(rows) + n_refs, spec.k, spec.per_text)
+        except ValueError as exc:
+            raise ValueError(f"{spec.input}: {len(rows)} text(s) and {n_refs} reference(s): {exc} (--k {spec.k})") from None
         if references is not None:
             clash = [corpus[text_hash(t)] for t, _ in references if text_hash(t) in corpus]
             if clash:
