@@ -33,8 +33,8 @@ def references(n: int = 20) -> list[tuple[str, float]]:
     return [(tag(f"reference {j}", u), float(np.clip(3 * u, -10, 10))) for j, u in enumerate(np.linspace(-3.5, 3.5, n))]
 
 
-def write_jsonl(path, rows) -> None:
-    path.write_text("".join(json.dumps({"id": r.ext_id, "text": r.text}) + "\n" for r in rows))
+def write_jsonl(path, rows, id_field: str = "id", text_field: str = "text") -> None:
+    path.write_text("".join(json.dumps({id_field: r.ext_id, text_field: r.text}) + "\n" for r in rows))
 
 
 def write_refs(path, refs) -> None:
@@ -61,6 +61,53 @@ async def counts(store) -> dict:
     for t in ("jobs", "texts", "vidb_items", "vidb_versions", "windows", "job_items"):
         out[t] = await store.pool.fetchval(f"SELECT count(*) FROM {t}")
     return out
+
+
+def _db(pg_url: str, fn):
+    async def go():
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return await fn(conn)
+        finally:
+            await conn.close()
+    return asyncio.run(go())
+
+
+def assert_build_seed(pg_url: str, job_id: str, seed: int, per_text: int) -> None:
+    """A build's windows are the balanced design drawn with ``--seed`` over its texts, then its references."""
+    from workers.vidb.design import balanced_design
+
+    async def read(conn):
+        texts = [r["text_id"] for r in await conn.fetch(
+            "SELECT text_id FROM job_items WHERE job_id = $1 ORDER BY item_no", job_id)]
+        refs = [await conn.fetchval("SELECT id FROM texts WHERE body = $1", t) for t, _ in references()]
+        members = [list(r["members"]) for r in await conn.fetch(
+            "SELECT members FROM windows WHERE job_id = $1 ORDER BY window_id", job_id)]
+        return np.array(texts + refs), members
+
+    universe, members = _db(pg_url, read)
+    assert members == [universe[d].tolist() for d in balanced_design(len(universe), 2, per_text,
+                                                                     np.random.default_rng(seed))]
+
+
+def assert_map_prior(pg_url: str, job_id: str, prior: float) -> None:
+    """The value's utilities after ``job_id``'s refit are the MAP fit of every comparison it counts
+    with precision ``--prior`` (and not with another)."""
+    from workers.vidb.fit import fit_utilities, rank_rows
+    from workers.vidb.versions import gather_comparisons
+
+    async def read(conn):
+        ranked, lengths = await gather_comparisons(conn, VALUE, [job_id])
+        stored = {r["text_id"]: r["utility"] for r in await conn.fetch(
+            "SELECT text_id, utility FROM vidb_items WHERE value = $1", VALUE)}
+        return ranked, lengths, stored
+
+    ranked, lengths, stored = _db(pg_url, read)
+    tids = np.unique(ranked)
+    rows = rank_rows(ranked, lengths, tids)
+    got = np.array([stored[t] for t in tids.tolist()])
+    assert np.abs(fit_utilities(len(tids), rows, prior).utility - got).max() < 1e-5
+    assert np.abs(fit_utilities(len(tids), rows, 0.1 if prior != 0.1 else 1.0).utility - got).max() > 1e-3
 
 
 # -- design ------------------------------------------------------------------------------------------------
@@ -298,13 +345,18 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
     assert asyncio.run(snapshot()) == empty  # nothing stored by any refusal
 
     workers.start()
-    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
-                   "--comparisons-per-text", "8", "--reference", str(tmp_path / "refs.csv"), "--chunk-size", "50",
+    write_jsonl(tmp_path / "fields.jsonl", rows, "doc", "body")
+    res = run_cli(["vidb", "build", str(tmp_path / "fields.jsonl"), "--id-field", "doc", "--text-field", "body",
+                   "--value", VALUE, "--judge", "simulated:beta=2", "--comparisons-per-text", "8", "--prior", "0.2",
+                   "--seed", "4", "--reference", str(tmp_path / "refs.csv"), "--chunk-size", "50",
                    "--wait", "--no-local-worker", "-o", str(tmp_path / "built.jsonl")], env, timeout=300, check=True)
     assert "version 1, 80 items (80 new)" in " ".join(res.stderr.split())
     built = [json.loads(x) for x in (tmp_path / "built.jsonl").read_text().splitlines()]
-    assert [b["id"] for b in built] == [r.ext_id for r in rows]
+    assert [b["id"] for b in built] == [r.ext_id for r in rows]  # ids from --id-field, texts from --text-field
     assert spearmanr([b["utility"] for b in built], theta).statistic >= 0.85
+    job_id = res.stdout.strip().splitlines()[-1]
+    assert_build_seed(pg_url, job_id, seed=4, per_text=8)
+    assert_map_prior(pg_url, job_id, prior=0.2)
 
     # the same text again is refused and nothing changes
     before = asyncio.run(snapshot())
@@ -358,6 +410,29 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
     assert "2 added, 0 removed, 0 changed" in res.stdout
     assert "0 new items" in run_cli(["vidb", "import", str(extra), "--value", VALUE], env, check=True).stdout
     assert len(asyncio.run(fetch(pg_url, "SELECT 1 FROM vidb_versions WHERE value = $1", VALUE))) == 2  # none added
+
+    # --min-change: intensity moves above it are listed; a flag change is listed whatever the move
+    async def version_3(conn):
+        from workers.vidb import versions as V
+
+        items = await conn.fetch("SELECT id, text_id, intensity, utility, stderr, source FROM vidb_items"
+                                 " WHERE value = $1 ORDER BY id LIMIT 3", VALUE)
+        async with conn.transaction():
+            await V.value_lock(conn, VALUE)
+            await conn.execute("UPDATE vidb_items SET flags = ARRAY['implausible'] WHERE id = $1", items[2]["id"])
+            return await V.write_version(conn, VALUE, "import", None, [
+                dict(items[0], intensity=items[0]["intensity"] + 0.5), dict(items[1], intensity=items[1]["intensity"] - 3)],
+                0, "kept")
+
+    assert _db(pg_url, version_3) == 3
+    res = run_cli(["vidb", "diff", "--value", VALUE, "2", "3"], env, check=True)
+    assert "0 added, 0 removed, 3 changed" in res.stdout
+    res = run_cli(["vidb", "diff", "--value", VALUE, "2", "3", "--min-change", "1"], env, check=True)
+    changed = [json.loads(x) for x in res.stdout.splitlines()[1:]]
+    assert "0 added, 0 removed, 2 changed" in res.stdout
+    assert sorted((round(c["to"] - c["from"], 6), c["flags"]) for c in changed) == [(-3.0, []), (0.0, ["implausible"])]
+    res = run_cli(["vidb", "diff", "--value", VALUE, "2", "3", "--min-change", "-1"], env)
+    assert res.returncode == 2 and "--min-change" in res.stderr
 
 
 async def fetch(url, sql, *args):

@@ -15,7 +15,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from tests.conftest import _admin, _db_url, open_test_store, run_cli
-from tests.test_vidb_build import VALUE, build_inline, corpus, fetch, references, write_jsonl, write_refs
+from tests.test_vidb_build import (VALUE, assert_map_prior, build_inline, corpus, fetch, references, write_jsonl,
+                                   write_refs)
 
 
 async def expand_stages(store, rows, job_id, rounds=10, **kw):
@@ -408,6 +409,13 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
     assert asyncio.run(q("SELECT count(*) AS n FROM vidb_adjudications"))[0]["n"] == len(got) + 1
     assert {r["id"]: r["intensity"] for r in asyncio.run(q("SELECT id, intensity FROM vidb_items"))} == {
         i: r["intensity"] for i, r in items.items()}
+    # a copy of the sheet at another path holds the same people's same ratings: nothing new either
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "review.csv"
+    copy.write_bytes(sheet.read_bytes())
+    res = run_cli(["vidb", "adjudicate", str(copy), "--weight", "0.5", "--disagree", "3"], env, check=True)
+    assert "nothing new" in res.stdout
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_adjudications"))[0]["n"] == len(got) + 1
     # a later sheet with a third rater of one item merges all its ratings into the model's number
     later = tmp_path / "later.csv"
     write(later, [dict(got[0], human_rating="-9", rater="cid")])
@@ -415,17 +423,26 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
     assert f"1 item(s), 1 rating(s)" in res.stdout and f"version {versions_before + 2}" in res.stdout
     now = asyncio.run(q("SELECT intensity FROM vidb_items WHERE id = $1", first))[0]["intensity"]
     assert abs(now - (0.5 * model[first] + 0.5 * np.mean([truth[first], truth[first] + 1, -9]))) < 1e-2
+    # ann corrects her rating in a sheet of her own: it replaces hers, wherever it came from
+    fix = tmp_path / "ann-fix.csv"
+    write(fix, [dict(got[0], human_rating=f"{truth[first] + 2:.3f}", rater="ann")])
+    res = run_cli(["vidb", "adjudicate", str(fix), "--weight", "0.5", "--disagree", "3"], env, check=True)
+    assert f"version {versions_before + 3}" in res.stdout
+    now = asyncio.run(q("SELECT intensity FROM vidb_items WHERE id = $1", first))[0]["intensity"]
+    assert abs(now - (0.5 * model[first] + 0.5 * np.mean([truth[first] + 2, truth[first] + 1, -9]))) < 1e-2
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_adjudications WHERE item_id = $1 AND rater = 'ann'",
+                         first))[0]["n"] == 1
     # a new rater's sheet saved at the first sheet's path keeps ann's rating from that path
     second = int(got[1]["item_id"])
     write(sheet, [dict(got[1], human_rating="-8", rater="dan")])
     res = run_cli(["vidb", "adjudicate", str(sheet), "--weight", "0.5", "--disagree", "0"], env, check=True)
-    assert f"version {versions_before + 3}" in res.stdout
+    assert f"version {versions_before + 4}" in res.stdout
     row = asyncio.run(q("SELECT intensity, flags FROM vidb_items WHERE id = $1", second))[0]
     assert abs(row["intensity"] - (0.5 * model[second] + 0.5 * np.mean([truth[second], -8]))) < 1e-2
     assert "disputed" in row["flags"]
     # the same sheet with another --disagree: the same numbers, a new verdict (and version)
     res = run_cli(["vidb", "adjudicate", str(sheet), "--weight", "0.5", "--disagree", "100"], env, check=True)
-    assert f"version {versions_before + 4}" in res.stdout
+    assert f"version {versions_before + 5}" in res.stdout
     again = asyncio.run(q("SELECT intensity, flags FROM vidb_items WHERE id = $1", second))[0]
     assert again["intensity"] == row["intensity"] and "disputed" not in again["flags"]
     # bad sheets name the line and field, and change nothing
@@ -435,7 +452,7 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
         write(later, rows_)
         res = run_cli(["vidb", "adjudicate", str(later)], env)
         assert res.returncode != 0 and f"{later}{err}" in res.stderr, res.stderr
-    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == versions_before + 4
+    assert asyncio.run(q("SELECT count(*) AS n FROM vidb_versions"))[0]["n"] == versions_before + 5
     assert asyncio.run(q("SELECT count(*) AS n FROM vidb_adjudications"))[0]["n"] == len(got) + 3
 
 
@@ -730,14 +747,26 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     assert res.returncode != 0 and f"known.jsonl:1: field 'text': already in the VIDB of '{VALUE}'" in res.stderr
     assert asyncio.run(_scalar(pg_url, "SELECT count(*) FROM jobs WHERE kind = 'vidb-expand'")) == 0
     assert asyncio.run(_scalar(pg_url, "SELECT count(*) FROM vidb_versions")) == 1
+    res = run_cli(["vidb", "expand", "--value", VALUE, "--judge", "simulated", "--from-job", "nope"], env)
+    assert res.returncode != 0 and "--from-job nope: no scoring job with that id" in res.stderr, res.stderr
+    build_job = asyncio.run(_scalar(pg_url, "SELECT id FROM jobs WHERE kind = 'vidb-build'"))
+    res = run_cli(["vidb", "expand", "--value", VALUE, "--judge", "simulated", "--from-job", build_job], env)
+    assert res.returncode != 0 and f"--from-job {build_job}: no scoring job with that id (it is a vidb-build job)" \
+        in " ".join(res.stderr.split()), res.stderr
     workers.start()
-    res = run_cli(["vidb", "expand", str(tmp_path / "new.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
+    write_jsonl(tmp_path / "new_fields.jsonl", rows[70:], "doc", "body")
+    res = run_cli(["vidb", "expand", str(tmp_path / "new_fields.jsonl"), "--id-field", "doc", "--text-field", "body",
+                   "--value", VALUE, "--judge", "simulated:beta=2", "--prior", "0.2", "--seed", "3",
                    "--rounds", "7", "--items-per-chunk", "10", "--wait", "--no-local-worker",
                    "-o", str(tmp_path / "added.jsonl")], env, timeout=300, check=True)
     said = " ".join(res.stderr.split())  # the console wraps long lines
     assert "7 windows per text among 90 items" in said and "version 2, 120 items (30 new)" in said
     added = [json.loads(x) for x in (tmp_path / "added.jsonl").read_text().splitlines()]
     assert [a["id"] for a in added] == [r.ext_id for r in rows[70:]] and {a["version"] for a in added} == {2}
+    expand_job = res.stdout.strip().splitlines()[-1]
+    assert asyncio.run(_scalar(pg_url, "SELECT array_agg(DISTINCT seed) FROM windows WHERE job_id = $1",
+                               expand_job)) == [3]  # every window drawn and judged with --seed
+    assert_map_prior(pg_url, expand_job, prior=0.2)
     assert spearmanr([a["utility"] for a in added], theta[70:]).statistic >= 0.8
     res = run_cli(["vidb", "versions"], env, check=True)
     lines = res.stdout.strip().splitlines()[1:]
@@ -759,12 +788,14 @@ def test_cli_expand_and_versions(env, workers, tmp_path, pg_url):
     n_scored = asyncio.run(_scalar(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", score_job))
     assert n_scored == 6 * 3  # 3 windows per text, each judged
     res = run_cli(["vidb", "expand", "--value", VALUE, "--from-job", score_job, "--judge", "simulated:beta=2",
-                   "--rounds", "4", "--wait", "--no-local-worker"], env, timeout=300, check=True)
+                   "--rounds", "4", "--k", "3", "--wait", "--no-local-worker"], env, timeout=300, check=True)
     said = " ".join(res.stderr.split())
     assert "version 3, 126 items (6 new)" in said, said
     job = asyncio.run(_scalar(pg_url, "SELECT id FROM jobs WHERE kind = 'vidb-expand' ORDER BY created_at DESC LIMIT 1"))
     n_expand = asyncio.run(_scalar(pg_url, "SELECT count(*) FROM comparisons WHERE job_id = $1", job))
     assert n_expand == 6 * 4
+    assert asyncio.run(_scalar(pg_url, "SELECT array_agg(DISTINCT cardinality(members)) FROM windows WHERE job_id = $1",
+                               job)) == [3]  # --k 3: each new text ranked with two VIDB items
     n2, n3 = (asyncio.run(_scalar(pg_url, "SELECT n_comparisons FROM vidb_versions WHERE value = $1 AND version = $2",
                                  VALUE, v)) for v in (2, 3))
     assert n3 == n2 + n_expand + n_scored  # every folded window counted, once

@@ -194,6 +194,11 @@ def vidb_expand(new, value, judge, k, prior, seed, id_field, text_field, wait, l
     async def fetch(store):
         n = await store.pool.fetchval("SELECT count(*) FROM vidb_items WHERE value = $1 AND utility IS NOT NULL", key)
         got = []
+        for j in from_jobs:  # before any text is read from them
+            job = await store.job(j)
+            if job is None or job["kind"] != "score":
+                raise click.ClickException(f"--from-job {j}: no scoring job with that id"
+                                           + (f" (it is a {job['kind']} job)" if job is not None else ""))
         if new is None:
             for j in from_jobs:
                 got += await store.pool.fetch(
@@ -235,7 +240,8 @@ def vidb_versions(value) -> None:
 @click.option("--value", required=True)
 @click.argument("old", type=int)
 @click.argument("new", type=int)
-@click.option("--min-change", default=0.0, show_default=True, type=float, help="list intensity changes above this")
+@click.option("--min-change", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="list items whose intensity moved by more than this (a change of flags is always listed)")
 def vidb_diff(value, old, new, min_change) -> None:
     """Items added, removed and changed between versions OLD and NEW."""
     import json

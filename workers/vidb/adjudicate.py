@@ -8,9 +8,10 @@ rate one item), the merged intensity is
 with λ = ``weight`` in [0, 1]. :math:`s` is the model's intensity before any adjudication (kept in
 the item's first adjudication record), and :math:`h` are all the ratings recorded for the item, from
 every sheet so far: adjudicating a second sheet, or the same one again, merges into the model's
-number, never into an earlier merge. A rater's rating of an item from one sheet (its resolved path)
-is recorded once: applying the sheet again replaces that rater's rating, and keeps every other
-rater's, from this path or any other. Rater, file and time are recorded. An item loses its
+number, never into an earlier merge. Each rater has one rating per item, the latest: a sheet
+replaces its raters' earlier ratings of its items, from whichever sheet they came (so a sheet
+applied again, copied or moved, or corrected and saved elsewhere, does not count a person twice),
+and keeps every other rater's. Rater, file and time are recorded. An item loses its
 ``implausible`` flag, gains ``adjudicated``, and gains ``disputed`` when :math:`|\bar h - s| >`
 ``disagree``. Scoring with ``--vidb-filter agreed`` leaves out items flagged ``implausible`` or
 ``disputed``. Each value whose items change gets one new version (kind ``adjudicate``); a sheet
@@ -69,10 +70,10 @@ async def adjudicate(store, rows: list[tuple[int, str, float, str, int]], weight
             upd, recs, disputed = [], [], 0
             for item_id in sorted(items):
                 cur, mine = current[item_id], by_item[item_id]
-                # this sheet's raters replace their own earlier ratings from it; every other record stays
-                replaced = [(rater, h, w) for rater, f, h, _, w in recorded[item_id] if f == source and rater in mine]
+                # this sheet's raters replace their own earlier ratings; every other rater's stay
+                replaced = [(rater, h, w) for rater, _, h, _, w in recorded[item_id] if rater in mine]
                 model = recorded[item_id][0][3] if recorded[item_id] else float(cur["intensity"])
-                ratings = [h for rater, f, h, _, _ in recorded[item_id] if not (f == source and rater in mine)]
+                ratings = [h for rater, _, h, _, _ in recorded[item_id] if rater not in mine]
                 ratings += list(mine.values())
                 merged = merge(model, ratings, weight)
                 far = abs(sum(ratings) / len(ratings) - model) > disagree
@@ -91,9 +92,8 @@ async def adjudicate(store, rows: list[tuple[int, str, float, str, int]], weight
                 out[value] = {"items": 0, "ratings": 0, "disputed": 0, "version": None}
                 continue
             await conn.execute(
-                "DELETE FROM vidb_adjudications a USING unnest($2::bigint[], $3::text[]) AS r(item_id, rater)"
-                " WHERE a.file = $1 AND a.item_id = r.item_id AND a.rater = r.rater",
-                source, [r[0] for r in recs], [r[1] for r in recs])
+                "DELETE FROM vidb_adjudications a USING unnest($1::bigint[], $2::text[]) AS r(item_id, rater)"
+                " WHERE a.item_id = r.item_id AND a.rater = r.rater", [r[0] for r in recs], [r[1] for r in recs])
             await conn.copy_records_to_table("vidb_adjudications", columns=[
                 "item_id", "rater", "rating", "model", "merged", "weight", "file"], records=recs)
             version = await V.write_version(conn, value, "adjudicate", None, upd, 0, "kept",

@@ -46,15 +46,15 @@ async def fitted_pool(conn, value: str) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def planner(spec: VidbExpandSpec, rows: list[InputRow]):
     async def plan(store: Store, job_id: str) -> tuple[int, int, int]:
+        for j in spec.from_jobs:
+            job = await store.job(j)
+            if job is None or job["kind"] != "score":
+                raise ValueError(f"--from-job {j}: no scoring job with that id")
         await check_corpus(store, spec.value, rows, spec.input)
         _, _, u, _ = await fitted_pool(store.pool, spec.value)
         if len(u) < max(MIN_POOL, spec.k - 1):
             raise ValueError(f"value {spec.value!r} has {len(u)} fitted VIDB item(s); expansion searches among at least "
                              f"{MIN_POOL}: run 'valueflow vidb build' for it first")
-        for j in spec.from_jobs:
-            job = await store.job(j)
-            if job is None or job["kind"] != "score":
-                raise ValueError(f"--from-job {j}: no scoring job with that id")
         await store.stage_items(job_id, [(i, r.ext_id, r.text) for i, r in enumerate(rows)])
         n_chunks = (len(rows) + spec.items_per_chunk - 1) // spec.items_per_chunk
         await store.stage_windows(job_id, [], [(c, judge_queue(spec)) for c in range(n_chunks)])
