@@ -497,3 +497,55 @@ def test_waiting_on_a_job_polls_less_often_when_counting_its_windows_is_slow(pg_
     assert gaps[0] >= 0.1 / J.POLL_COST_SHARE * 0.9  # ≥ 2 s apart, not 0.01 s + 0.1 s
     assert len(calls) <= 5
     assert 5.0 <= took < 5.0 + 0.5  # the last wait is cut to the timeout, not a full interval past it
+
+
+def test_errors_that_would_repeat_fail_the_chunk_or_the_job_and_transient_ones_are_retried(pg_url, monkeypatch):
+    """A stage or finalize error that no retry can cure (a constraint violation, a bug) fails the
+    chunk or the job at once, with the error, instead of being retried for minutes and leaving the
+    job hanging; a transient fault (PostgreSQL shutting down) goes back to the task, which retries."""
+    from asyncpg import exceptions as pgx
+
+    from tests.test_vidb_build import build_inline, corpus, references
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_build
+
+    async def violated(*args, **kw):
+        raise pgx.CheckViolationError('new row for relation "vidb_items" violates check constraint')
+
+    async def shutting_down(*args, **kw):
+        raise pgx.AdminShutdownError("terminating connection due to administrator command")
+
+    async def buggy_judge(ctx):
+        raise ZeroDivisionError("division by zero")
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            with monkeypatch.context() as m:
+                m.setattr(vidb_build, "refit_and_write", violated)
+                await build_inline(store, corpus(30)[0], references(), job_id="b-1", per_text=4)
+                m.setattr(vidb_build, "refit_and_write", shutting_down)
+                with pytest.raises(pgx.AdminShutdownError):
+                    await build_inline(store, corpus(30, offset=100)[0], references(), job_id="b-2", per_text=4)
+            b1, b2 = await store.job("b-1"), await store.job("b-2")
+            assert (b1["state"], b1["error"]) == ("failed", "finalize: CheckViolationError: new row for relation "
+                                                            '"vidb_items" violates check constraint')
+            assert b2["state"] == "finalizing"  # nothing written: the retried task runs it
+            assert await store.pool.fetchval("SELECT count(*) FROM vidb_versions") == 0
+            assert await lifecycle.run_finalize(store, Resources(), "b-2")  # the retry, once PostgreSQL is back
+            assert (await store.job("b-2"))["state"] == "done"
+
+            with monkeypatch.context() as m:
+                m.setattr(vidb_build, "judge_windows", buggy_judge)
+                await build_inline(store, corpus(30, offset=200)[0], [], job_id="b-3", per_text=4, scale="minmax")
+            b3 = await store.job("b-3")
+            errors = await store.pool.fetch("SELECT DISTINCT state, error FROM chunks WHERE job_id = 'b-3'")
+            assert b3["state"] == "failed"
+            assert [tuple(e) for e in errors] == [("failed", "stage judge: ZeroDivisionError: division by zero")]
+            await lifecycle.run_inline(store, Resources(), await lifecycle.resume(store, "b-3", retry_failed=True))
+            assert (await store.job("b-3"))["state"] == "done"  # the fixed judge, on resume --retry-failed
+        finally:
+            await store.close()
+
+    asyncio.run(go())

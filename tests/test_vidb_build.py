@@ -441,3 +441,23 @@ async def fetch(url, sql, *args):
         return await conn.fetch(sql, *args)
     finally:
         await conn.close()
+
+
+def test_cli_build_runs_its_own_worker_with_local_worker_and_scales_minmax(env, tmp_path):
+    """--local-worker: no worker runs anywhere; the command runs one while it waits. --scale minmax
+    with no references stretches the fitted utilities over [-10, 10]."""
+    from pathlib import Path
+
+    rows, theta = corpus(12, seed=5)
+    write_jsonl(tmp_path / "small.jsonl", rows)
+    Path(env["VALUEFLOW_HOME"]).mkdir(parents=True, exist_ok=True)  # the local worker logs there
+    out = tmp_path / "small.csv"
+    res = run_cli(["vidb", "build", str(tmp_path / "small.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
+                   "--scale", "minmax", "--comparisons-per-text", "6", "--wait", "--local-worker", "-o", str(out)],
+                  env, timeout=300, check=True)
+    assert "version 1, 12 items (12 new)" in " ".join(res.stderr.split())
+    with out.open(newline="", encoding="utf-8") as fh:
+        got = {r["id"]: float(r["intensity"]) for r in csv.DictReader(fh)}
+    assert list(got) == [r.ext_id for r in rows]
+    assert min(got.values()) == -10.0 and max(got.values()) == 10.0
+    assert spearmanr(list(got.values()), theta).statistic >= 0.8

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from schemas.messages import StageTask
 from schemas.states import JobState
+from workers.infra.transient import TRANSIENT, describe
 from workers.jobs.kind import FinalizeContext, JobFailure, JobKind, Resources, StageContext, StageReport
 from workers.jobs.registry import get_kind
 from workers.store import Store
@@ -93,14 +94,26 @@ async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deli
     if deliveries > max_deliveries:
         reason = f"delivered {deliveries} times (limit {max_deliveries})"
         if stage.give_up is None:
-            await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, f"stage {stage.name}: {reason}")
-            return StageOutcome("failed", await _complete(store, kind, msg.job_id), ctx.report, time.monotonic() - t0)
-        await stage.give_up(ctx, reason)
-        state = "gave_up"
+            return await _fail_chunk(store, kind, msg, ctx, f"stage {stage.name}: {reason}", t0)
+        work, state = stage.give_up(ctx, reason), "gave_up"
     else:
-        await stage.run(ctx)
+        work = stage.run(ctx)
+    try:
+        await work
+    except TRANSIENT:
+        raise  # the task retries it
+    except Exception as exc:  # noqa: BLE001 - it would fail every retry the same way: fail the chunk, not the job
+        log.exception("job %s chunk %s: stage %s failed", msg.job_id, msg.chunk_no, stage.name)
+        return await _fail_chunk(store, kind, msg, ctx, f"stage {stage.name}: {describe(exc)}", t0)
     sends = await _advance(store, kind, spec, msg)
     return StageOutcome(state, sends, ctx.report, time.monotonic() - t0)
+
+
+async def _fail_chunk(store: Store, kind: JobKind, msg: StageTask, ctx: StageContext, error: str,
+                      t0: float) -> StageOutcome:
+    """Fail the chunk (``jobs resume --retry-failed`` runs it again); the job goes on without it."""
+    await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, error)
+    return StageOutcome("failed", await _complete(store, kind, msg.job_id), ctx.report, time.monotonic() - t0)
 
 
 async def _advance(store: Store, kind: JobKind, spec: BaseModel, msg: StageTask) -> list[Send]:
@@ -137,9 +150,14 @@ async def run_finalize(store: Store, resources: Resources, job_id: str) -> bool:
         try:
             async with conn.transaction():  # a savepoint: a JobFailure drops what finalize wrote
                 await kind.finalize(FinalizeContext(store, conn, job, spec, resources))  # type: ignore[misc]
-        except JobFailure as exc:
+        except TRANSIENT:
+            raise  # the task retries it
+        except Exception as exc:  # noqa: BLE001 - JobFailure, or an error that would fail every retry the same way
+            if not isinstance(exc, JobFailure):
+                log.exception("job %s: finalize failed", job_id)
+            error = str(exc) if isinstance(exc, JobFailure) else f"finalize: {describe(exc)}"
             await conn.execute("UPDATE jobs SET state = 'failed', error = $2, finalize_runs = finalize_runs + 1,"
-                               " finished_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1", job_id, str(exc))
+                               " finished_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1", job_id, error)
             return True
         # clock_timestamp(), not now(): now() is when this transaction began, before the finalize ran
         await conn.execute("UPDATE jobs SET state = 'done', error = NULL, finalize_runs = finalize_runs + 1,"

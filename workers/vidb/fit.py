@@ -82,11 +82,11 @@ def fit_utilities(n: int, rows: np.ndarray | list[np.ndarray], prior: float, ini
 
 
 def minmax(u: np.ndarray) -> np.ndarray:
-    """s = -10 + 20 (θ - min θ) / (max θ - min θ)."""
+    """s = -10 + 20 (θ - min θ) / (max θ - min θ) (clipped: rounding may not overshoot the range)."""
     lo, hi = float(u.min()), float(u.max())
     if hi - lo <= 0:
         return np.zeros_like(u)
-    return LOW + (HIGH - LOW) * (u - lo) / (hi - lo)
+    return np.clip(LOW + (HIGH - LOW) * (u - lo) / (hi - lo), LOW, HIGH)
 
 
 def isotonic(u: np.ndarray, ref: np.ndarray, ref_intensity: np.ndarray) -> np.ndarray:
