@@ -116,6 +116,53 @@ def test_expansion_places_new_texts_in_log_n_windows_each(pg_url):
     asyncio.run(go())
 
 
+def test_items_the_audit_or_people_doubt_do_not_calibrate_new_texts(pg_url):
+    """An expansion maps new texts' utilities by isotonic regression on the value's agreed items:
+    items flagged implausible or disputed, whatever their intensity, are not references. A build
+    that takes its references from the VIDB leaves them out too, and says so when too few remain."""
+    from schemas.vidb import VidbBuildSpec
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_build
+    from workers.vidb.fit import isotonic
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            rows, _ = corpus(150, seed=4)
+            await build_inline(store, rows[:100], references(), per_text=10)
+            # six items get absurd intensities (low utility, +10) and the audit's flag
+            doubted = [r["id"] for r in await store.pool.fetch(
+                "SELECT id FROM vidb_items WHERE value = $1 ORDER BY utility LIMIT 6", VALUE)]
+            await store.pool.execute("UPDATE vidb_items SET intensity = 10, flags = ARRAY[CASE WHEN id % 2 = 0 THEN"
+                                     " 'implausible' ELSE 'disputed' END] WHERE id = ANY($1::bigint[])", doubted)
+            finals = await expand_stages(store, rows[100:], "exp-d", rounds=8)
+            await lifecycle.run_inline(store, Resources(), finals)
+            items = await store.pool.fetch("SELECT id, text_id, intensity, utility, flags FROM vidb_items"
+                                           " WHERE value = $1 ORDER BY text_id", VALUE)
+            new_ids = {r["text_id"] for r in await store.pool.fetch("SELECT text_id FROM job_items WHERE job_id = 'exp-d'")}
+            u = np.array([r["utility"] for r in items])
+            refs = np.array([i for i, r in enumerate(items) if r["text_id"] not in new_ids and r["id"] not in doubted])
+            want = isotonic(u, refs, np.array([items[i]["intensity"] for i in refs]))
+            got = np.array([r["intensity"] for r in items])
+            new = np.array([r["text_id"] in new_ids for r in items])
+            assert new.sum() == 50 and np.allclose(got[new], want[new])
+            # with the doubted items as references the low new texts would have been pulled up
+            with_doubted = np.array([i for i, r in enumerate(items) if r["text_id"] not in new_ids])
+            assert not np.allclose(got[new], isotonic(u, with_doubted, got[with_doubted])[new])
+
+            # a build taking references from the VIDB: only agreed items, and the message counts the rest
+            await store.pool.execute("UPDATE vidb_items SET flags = ARRAY['disputed'] WHERE value = $1", VALUE)
+            more, _ = corpus(10, seed=8, offset=700)
+            spec = VidbBuildSpec(input="more.jsonl", value=VALUE, judge="simulated")
+            with pytest.raises(ValueError, match=r"has 0 VIDB item\(s\) not flagged implausible or disputed \(170 are\)"):
+                await lifecycle.submit(store, vidb_build.KIND, spec, "b-more", vidb_build.planner(spec, more, None))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
 def test_two_concurrent_expansions_of_one_value_both_land_in_order(pg_url):
     from workers.jobs import lifecycle
     from workers.jobs.kind import Resources

@@ -7,7 +7,8 @@ in those comparisons gets a new utility and standard error; current items keep t
 (the scale scoring jobs anchor on does not move under them), added texts (and those an earlier
 finalize of the same job added, when ``resume --retry-failed`` runs it again) get
 ``g(utility)`` with g the isotonic map fitted on the references (build: the references it was
-planned with; expand: the value's current items), or the min–max map with ``scale='minmax'``.
+planned with; expand: the value's current items, less those flagged ``implausible`` or
+``disputed``), or the min–max map with ``scale='minmax'``.
 """
 
 from __future__ import annotations
@@ -71,18 +72,22 @@ async def refit_and_write(conn: asyncpg.Connection, value: str, job_id: str, kin
                 init[i] = init_new[t]
     fit = fit_utilities(len(tids), rows, prior, init)
     u, se = fit.utility, fit.stderr
-    # references: the build's, or every current item that was fitted
+    # references: the build's, or every current item that was fitted and is agreed (an intensity the
+    # audit or people doubt does not calibrate new texts)
+    doubted = 0
     if refs:
         ref_t = [t for t in refs if t in index]
         ref_y = np.array([refs[t][0] for t in ref_t])
     else:
-        ref_t = [t for t in current if t in index]
+        ref_t = [t for t in current if t in index and V.agreed(current[t]["flags"])]
+        doubted = sum(1 for t in current if t in index) - len(ref_t)
         ref_y = np.array([current[t]["intensity"] for t in ref_t])
     ref_mask = np.array([index[t] for t in ref_t], dtype=np.intp)
     if scale == "isotonic":
         if len(ref_t) < MIN_REFERENCE_POINTS:
-            raise JobFailure(f"{value!r}: only {len(ref_t)} reference items were compared; isotonic calibration needs "
-                             f"at least {MIN_REFERENCE_POINTS} (or use --scale minmax)")
+            left_out = f" ({doubted} flagged implausible or disputed left out)" if doubted else ""
+            raise JobFailure(f"{value!r}: only {len(ref_t)} reference items were compared{left_out}; isotonic "
+                             f"calibration needs at least {MIN_REFERENCE_POINTS} (or use --scale minmax)")
         try:
             inten = isotonic(u, ref_mask, ref_y)
         except ValueError as exc:

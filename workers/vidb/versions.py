@@ -18,6 +18,12 @@ import numpy as np
 UNAGREED = ("implausible", "disputed")  # flags set by `vidb audit` and `vidb adjudicate`
 
 
+def agreed(flags) -> bool:
+    """Whether an item with these flags is agreed: neither the audit nor people doubt its intensity
+    (such items anchor scoring with ``--vidb-filter agreed`` and calibrate builds and expansions)."""
+    return not any(f in UNAGREED for f in flags or ())
+
+
 async def value_lock(conn: asyncpg.Connection, value: str) -> None:
     """Transaction-scoped advisory lock on a value: every write to its items (a refit, an audit's
     verdict, an adjudication, an import) runs one at a time; different values in parallel."""

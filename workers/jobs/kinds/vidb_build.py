@@ -27,6 +27,7 @@ from workers.store import Store, text_hash
 from workers.vidb.design import balanced_design, check_design_size
 from workers.vidb.refit import refit_and_write
 from workers.vidb.simulated_judge import ensure_judge, is_simulated
+from workers.vidb.versions import agreed
 
 EXPORT_COLUMNS = ("id", "value", "intensity", "utility", "stderr", "version")
 
@@ -93,9 +94,13 @@ def planner(spec: VidbBuildSpec, rows: list[InputRow], references: list[tuple[st
         if references is not None:
             n_refs, have = len(references), f"{spec.reference} has {len(references)} reference row(s)"
         else:
-            n_vidb = len(await store.vidb(spec.value))
+            everything = await store.vidb(spec.value)
+            cur = [r for r in everything if agreed(r["flags"])]  # a doubted intensity calibrates nothing
+            n_vidb = len(cur)
             n_refs = min(spec.max_references, n_vidb)
             have = f"value {spec.value!r} has {n_vidb} VIDB item(s)"
+            if len(everything) > n_vidb:
+                have += f" not flagged implausible or disputed ({len(everything) - n_vidb} are)"
             if n_refs < n_vidb:
                 have += f", of which --max-references takes {n_refs}"
                 fixes.insert(0, "raise --max-references")
@@ -113,7 +118,6 @@ def planner(spec: VidbBuildSpec, rows: list[InputRow], references: list[tuple[st
             ref_ids = await store.intern_texts([t for t, _ in references])
             refs = [(tid, x, f"reference:{spec.reference}") for tid, (_, x) in zip(ref_ids, references)]
         else:
-            cur = await store.vidb(spec.value)
             pick = spread(np.array([r["intensity"] for r in cur], dtype=float), spec.max_references) if cur else []
             refs = [(cur[i]["text_id"], cur[i]["intensity"], "vidb") for i in pick]
         # the design needs only the number of texts: it is drawn while the database stores them
