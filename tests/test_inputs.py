@@ -183,3 +183,23 @@ def test_million_rows_streamed_with_an_error_at_row_900000(tmp_path):
             yielded.append(len(b))
     assert str(info.value) == f"{p}:900000: field 'text': invalid UTF-8 (byte 0xff at byte 34 of the line)"
     assert yielded == [10_000] * 89  # the 899,999 good rows before it came out in whole batches
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("typo.csv", "doc,text\na,fine\n", "1: field 'dco': column missing from the header ['doc', 'text']"),
+    ("typo.jsonl", '{"doc": "a", "text": "fine"}\n', "1: field 'dco': missing id (named as the id field)"),
+    ("gap.jsonl", '{"dco": "a", "text": "fine"}\n{"dco": "", "text": "also fine"}\n',
+     "2: field 'dco': missing id (named as the id field)"),
+])
+def test_an_id_field_named_must_be_there(tmp_path, name, content, message):
+    """--id-field given: a mistyped name is an error, not every row silently numbered line-N."""
+    p = _write(tmp_path, name, content)
+    _raises(p, message, id_col="dco")
+    assert [r.ext_id for r in read_inputs(p)][0] in ("line-1", "line-2")  # not named: line numbers where absent
+
+
+def test_a_parquet_id_column_named_must_be_there(tmp_path):
+    p = tmp_path / "typo.parquet"
+    pq.write_table(pa.table({"doc": ["a"], "text": ["fine"]}), p)
+    _raises(p, "1: field 'dco': column missing (columns: ['doc', 'text'])", id_col="dco")
+    assert read_inputs(p, id_col="doc") == [InputRow(1, "a", "fine")]

@@ -138,7 +138,8 @@ BIG = 131_073  # one more than the csv module's default field limit
     ("care-harm_mft.csv", b"text,rating\nI helped.,3\n", r"care-harm_mft\.csv:1: field 'final_rating': column missing"),
     ("care-harm_mft.csv", b"text,final_rating\n", r"care-harm_mft\.csv: no rows"),
     ("care-harm_mft.csv", b"text,final_rating\n" + b"a" * BIG + b",3\n",
-     r"care-harm_mft\.csv:2: field 'text': more than 100,000 characters, over the limit \(VALUEFLOW_MAX_TEXT_CHARS\)"),
+     r"care-harm_mft\.csv:2: field 'text': (more than 100,000 characters, over the limit|131,073 characters, over the "
+     r"limit of 100,000) \(VALUEFLOW_MAX_TEXT_CHARS\)"),  # which one depends on the csv module's process-wide limit
     ("care-harm_mft.csv", b"text,final_rating\nI helped.\x00,3\n", r"care-harm_mft\.csv:2: field 'text': contains a NUL"),
     ("few.json", b'{"care-harm": {"1": [{"text": "I \xffhelped.", "intensity": 3}]}}', r"few\.json:1: invalid UTF-8"),
     ("few.json", b'{"care-harm": {"1": 5}}', r"few\.json: care-harm\[1\]: expected a list of items, got int"),

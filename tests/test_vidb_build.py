@@ -335,6 +335,10 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
                    "--scale", "minmax", "--k", "6"], env)
     assert res.returncode != 0 and "3 text(s) and 0 reference(s): need at least k=6 texts, got 3 (--k 6)" \
         in " ".join(res.stderr.split()), res.stderr
+    # a mistyped --id-field: refused, not every text silently numbered line-N
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(tmp_path / "refs.csv"), "--id-field", "ident"], env)
+    assert res.returncode != 0 and f"corpus.jsonl:1: field 'ident': missing id" in res.stderr, res.stderr
     # an export format it cannot write, and -o without --wait, are refused before the job is submitted
     res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
                    "--reference", str(tmp_path / "refs.csv"), "--wait", "-o", str(tmp_path / "built.txt")], env)

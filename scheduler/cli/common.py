@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 console = Console(stderr=True)
+ID_FIELD_HELP = "field/column holding each text's id; named, it must be there [default: id where present, else line-N]"
 
 
 def resolve_urls() -> tuple[str, str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from scheduler.cli.common import ID_FIELD_HELP
 from scheduler.cli.jobs import follow_options, submit_and_follow
 from schemas.settings import load_settings
 
@@ -52,7 +53,7 @@ def resolve_values(values, theories):
 @click.option("--min-anchor-tau", type=click.FloatRange(-1, 1), default=None,
               help="fail the job if the judge orders the VIDB anchors worse than this Kendall tau")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--id-field", default="id", show_default=True)
+@click.option("--id-field", default=None, help=ID_FIELD_HELP)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--chunk-size", default=None, type=click.IntRange(1), help="windows per task [VALUEFLOW_CHUNK_SIZE]")
 @click.option("--dry-run", is_flag=True, help="print what the job would cost (windows, calls, tokens); store nothing")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from scheduler.cli.common import console, run_with_store
+from scheduler.cli.common import ID_FIELD_HELP, console, run_with_store
 from scheduler.cli.jobs import follow_options
 
 
@@ -113,7 +113,7 @@ def _submit(kind, spec, plan, wait: bool, local_worker: bool | None, output: Pat
 def job_options(f):
     f = follow_options("export the job's items when done")(f)
     f = click.option("--text-field", default="text", show_default=True)(f)
-    f = click.option("--id-field", default="id", show_default=True)(f)
+    f = click.option("--id-field", default=None, help=ID_FIELD_HELP)(f)
     f = click.option("--seed", default=0, show_default=True, type=int)(f)
     f = click.option("--prior", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
                      help="precision λ of the Gaussian prior on utilities (MAP fit)")(f)

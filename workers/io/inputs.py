@@ -215,7 +215,7 @@ def _csv_record_error(path: Path, start: int, offset: int, header: list[str] | N
 
 
 def _parquet_records(path: Path, text_col: str, columns: Iterable[str] | None,
-                     batch_size: int) -> Iterator[tuple[int, dict]]:
+                     batch_size: int, also: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
     """Rows of a Parquet file, one record batch of one row group at a time, numbered from 1."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -225,8 +225,9 @@ def _parquet_records(path: Path, text_col: str, columns: Iterable[str] | None,
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
     names = pf.schema_arrow.names
-    if text_col not in names:
-        raise InputError(f"{path}:1: field {text_col!r}: column missing (columns: {names})")
+    for col in (text_col, *also):
+        if col not in names:
+            raise InputError(f"{path}:1: field {col!r}: column missing (columns: {names})")
     wanted = None if columns is None else [c for c in names if c in set(columns)]
     n = 0
     try:
@@ -262,10 +263,12 @@ def _parquet_cell_error(path: Path, before: int, batch) -> InputError:
 
 
 def iter_records(path: str | Path, text_col: str, columns: Iterable[str] | None = None,
-                 batch_size: int = 10_000, text_limit: int | None = None) -> Iterator[tuple[int, dict]]:
-    """(line, record) pairs of a JSONL, CSV or Parquet file, streamed; ``text_col`` must be a CSV or
-    Parquet column. ``columns`` limits the Parquet columns read (JSONL and CSV records keep all);
-    ``text_limit`` only makes a CSV text too long to parse be reported against that limit."""
+                 batch_size: int = 10_000, text_limit: int | None = None,
+                 also: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
+    """(line, record) pairs of a JSONL, CSV or Parquet file, streamed; ``text_col`` and ``also``
+    must be CSV or Parquet columns. ``columns`` limits the Parquet columns read (JSONL and CSV
+    records keep all); ``text_limit`` only makes a CSV text too long to parse be reported against
+    that limit."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -273,9 +276,9 @@ def iter_records(path: str | Path, text_col: str, columns: Iterable[str] | None 
     if suffix in JSONL_SUFFIXES:
         return _jsonl_records(path)
     if suffix == ".csv":
-        return csv_records(path, text_col, text_limit)
+        return csv_records(path, text_col, text_limit, also)
     if suffix in PARQUET_SUFFIXES:
-        return _parquet_records(path, text_col, columns, batch_size)
+        return _parquet_records(path, text_col, columns, batch_size, also)
     raise InputError(f"{path}: unsupported format {suffix or '(no suffix)'!r}; use .jsonl, .csv or .parquet")
 
 
@@ -326,22 +329,29 @@ def _first_line_of(path: Path, id_col: str, text_col: str, ext_id: str, before: 
     return None
 
 
-def iter_input_batches(path: str | Path, id_field: str = "id", text_field: str = "text", batch_size: int = 10_000,
-                       max_text_chars: int | None = None) -> Iterator[list[InputRow]]:
+def iter_input_batches(path: str | Path, id_field: str | None = None, text_field: str = "text",
+                       batch_size: int = 10_000, max_text_chars: int | None = None) -> Iterator[list[InputRow]]:
     """Validated rows of the input in file order, in lists of ``batch_size`` (the last may be shorter).
 
-    ``max_text_chars`` defaults to ``VALUEFLOW_MAX_TEXT_CHARS`` (100,000). Raises :class:`InputError`
-    at the first bad row (possibly after earlier batches were yielded), or when the file has no rows.
+    ``id_field``: None reads ids from ``id`` where a row has one (else ``line-<n>``); a name given
+    must be there: a CSV or Parquet column, and a non-empty value in every JSONL record (a mistyped
+    name would otherwise number every row silently). ``max_text_chars`` defaults to
+    ``VALUEFLOW_MAX_TEXT_CHARS`` (100,000). Raises :class:`InputError` at the first bad row
+    (possibly after earlier batches were yielded), or when the file has no rows.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     limit = _max_text_chars_setting() if max_text_chars is None else max_text_chars
     path = Path(path)
+    required, id_field = id_field is not None, id_field or "id"
     seen: set[int] = set()  # hash(ext_id): ~70 bytes per row
     batch: list[InputRow] = []
     total = 0
-    for line, rec in iter_records(path, text_field, (id_field, text_field), batch_size, limit):
+    for line, rec in iter_records(path, text_field, (id_field, text_field), batch_size, limit,
+                                  also=(id_field,) if required else ()):
         text, raw_id = rec.get(text_field), rec.get(id_field)
+        if required and (raw_id is None or raw_id == ""):
+            raise InputError(f"{path}:{line}: field {id_field!r}: missing id (named as the id field)")
         ext_id = _ext_id(raw_id, line)
         if problem := text_problem(text, limit):
             raise InputError(f"{path}:{line}: field {text_field!r}: {problem}")
@@ -362,7 +372,8 @@ def iter_input_batches(path: str | Path, id_field: str = "id", text_field: str =
         raise InputError(f"{path}: no rows")
 
 
-def read_inputs(path: str | Path, id_col: str = "id", text_col: str = "text",
+def read_inputs(path: str | Path, id_col: str | None = None, text_col: str = "text",
                 max_text_chars: int | None = None) -> list[InputRow]:
-    """All rows of the input, validated (see :func:`iter_input_batches`). Missing ids become ``line-<n>``."""
+    """All rows of the input, validated (see :func:`iter_input_batches`; ``id_col`` None: ``id``
+    where present, else ``line-<n>``)."""
     return [row for batch in iter_input_batches(path, id_col, text_col, max_text_chars=max_text_chars) for row in batch]
