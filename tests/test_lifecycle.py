@@ -549,3 +549,38 @@ def test_errors_that_would_repeat_fail_the_chunk_or_the_job_and_transient_ones_a
             await store.close()
 
     asyncio.run(go())
+
+
+def test_a_local_worker_stops_when_the_command_that_started_it_is_killed(env):
+    """--local-worker: the command's worker must not outlive it, even after SIGKILL (an orphaned
+    worker would go on taking tasks, with the dead command's settings)."""
+    import os
+    import subprocess
+    import sys
+
+    def state(pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return "gone"
+
+    script = ("import time; from scheduler.cli.common import spawn_worker; "
+              "print(spawn_worker().pid, flush=True); time.sleep(300)")
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 90
+        while not open(f"/proc/{worker}/task/{worker}/children").read().split():  # its pool is up: it started
+            assert time.monotonic() < deadline and state(worker) not in ("gone", "Z"), "the worker did not start"
+            time.sleep(0.2)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 60
+        while state(worker) not in ("gone", "Z"):
+            assert time.monotonic() < deadline, "the worker outlived the command that started it"
+            time.sleep(0.2)
+    finally:
+        parent.kill()
+        if state(worker) not in ("gone", "Z"):
+            os.killpg(worker, 9)

@@ -644,8 +644,13 @@ def test_an_api_judge_votes_through_the_audit_job(pg_url, tmp_path, monkeypatch)
     _with_api_auditor(pg_url, tmp_path, monkeypatch, 'model = "plausibility"\n', body)
 
 
-@pytest.mark.parametrize("model, used", [("plausibility", "json_schema"), ("plausibility-no-schema", None)])
-def test_an_api_judge_answers_the_audit_in_structured_output(pg_url, tmp_path, monkeypatch, model, used):
+@pytest.mark.parametrize("model, used, formats, formatted, free_text", [
+    ("plausibility", "json_schema", {"json_schema"}, 50, 0),  # every question carried the schema
+    # refused: each question down the ladder (json_schema, then json_object), then asked in free text
+    ("plausibility-no-schema", None, {"json_schema", "json_object"}, 100, 50),
+])
+def test_an_api_judge_answers_the_audit_in_structured_output(pg_url, tmp_path, monkeypatch, model, used, formats,
+                                                             formatted, free_text):
     """With ``structured = "auto"`` the auditor is asked for JSON matching the audit's own schema
     (OpenAI's ``json_schema`` form, named ``plausibility``); a server that refuses
     ``response_format`` is asked again in free text, and every item still gets its vote."""
@@ -664,11 +669,8 @@ def test_an_api_judge_answers_the_audit_in_structured_output(pg_url, tmp_path, m
         assert sent[0] == {"type": "json_schema",
                            "json_schema": {"name": "plausibility", "strict": True, "schema": PLAUSIBILITY_SCHEMA}}
         assert res.cached("judge:auditor", lambda: None).structured_format == used
-        if used:  # every question carried the schema
-            assert len(sent) == srv.server.by_model[model] == 50
-        else:  # refused: down the ladder (json_schema, then json_object), then one free-text question per item
-            assert {f["type"] for f in sent} == {"json_schema", "json_object"}
-            assert srv.server.by_model[model] - len(sent) == 50
+        assert {f["type"] for f in sent} == formats
+        assert (len(sent), srv.server.by_model[model] - len(sent)) == (formatted, free_text)  # with, without a format
 
     _with_api_auditor(pg_url, tmp_path, monkeypatch, f'model = "{model}"\n', body, structured="auto")
 
@@ -718,36 +720,33 @@ def test_resume_retry_failed_refits_a_finished_build_as_an_undisturbed_build_wou
     snapshot = ("SELECT t.body, v.intensity, v.utility, v.stderr FROM vidb_version_items v"
                 " JOIN texts t ON t.id = v.text_id WHERE v.version = $1")
 
-    async def run(url, judge, retry):
+    async def retry_failed(store, res):
+        job = await store.job("build-1")
+        assert job["state"] == "done" and job["finalize_runs"] == 1
+        failed = await store.pool.fetchval("SELECT count(*) FROM windows WHERE state = 'failed'")
+        v1 = await store.pool.fetchrow("SELECT version, job_id, n_comparisons FROM vidb_versions")
+        assert failed == 12 and tuple(v1) == (1, "build-1", job["n_windows"] - 12)
+        sends = await lifecycle.resume(store, "build-1", retry_failed=True)
+        assert sends and all(s.what == "stage" for s in sends)
+        await lifecycle.run_inline(store, res, sends)
+        job = await store.job("build-1")
+        assert (job["state"], job["finalize_runs"]) == ("done", 2), job["error"]
+        assert await store.pool.fetchval("SELECT count(*) FROM windows WHERE state <> 'done'") == 0
+
+    async def nothing(store, res):
+        pass
+
+    async def run(url, judge, then):
+        """Build with ``judge``, run ``then``; the job, its versions, its export and the last snapshot."""
         store, res = await open_test_store(url), Resources()
         try:
             await build_inline(store, rows, references(), per_text=6, judge=judge)
-            job = await store.job("build-1")
-            n_windows = job["n_windows"]
-            if retry:
-                assert job["state"] == "done" and job["finalize_runs"] == 1
-                failed = await store.pool.fetchval("SELECT count(*) FROM windows WHERE state = 'failed'")
-                v1 = await store.pool.fetchrow("SELECT version, job_id, n_comparisons FROM vidb_versions")
-                assert failed == 12 and tuple(v1) == (1, "build-1", n_windows - 12)
-                sends = await lifecycle.resume(store, "build-1", retry_failed=True)
-                assert sends and all(s.what == "stage" for s in sends)
-                await lifecycle.run_inline(store, res, sends)
-                job = await store.job("build-1")
-                assert (job["state"], job["finalize_runs"]) == ("done", 2), job["error"]
-                assert await store.pool.fetchval("SELECT count(*) FROM windows WHERE state <> 'done'") == 0
+            await then(store, res)
             vs = await store.pool.fetch("SELECT version, kind, job_id, n_items, n_new, n_comparisons, note"
                                         " FROM vidb_versions ORDER BY version")
-            last = vs[-1]
-            assert (last["kind"], last["job_id"], last["n_items"], last["n_comparisons"]) == (
-                "build", "build-1", 60, n_windows)
-            # new: every text (retry: the job's 40 texts, calibrated again; the references were kept)
-            assert last["n_new"] == (40 if retry else 60)
-            if retry:
-                assert len(vs) == 2 and "refit again after resume --retry-failed (this job's earlier version: 1)" in (
-                    last["note"] or "")
-                out = [r async for b in vidb_build.KIND.export_rows(store, "build-1") for r in b]
-                assert len(out) == 40 and {r["version"] for r in out} == {2}  # the job's latest version
-            return {r["body"]: r for r in await store.pool.fetch(snapshot, last["version"])}
+            out = [r async for b in vidb_build.KIND.export_rows(store, "build-1") for r in b]
+            items = {r["body"]: r for r in await store.pool.fetch(snapshot, vs[-1]["version"])}
+            return await store.job("build-1"), [dict(v) for v in vs], out, items
         finally:
             for name in ("flaky", "steady"):
                 judge = res.cached(f"judge:{name}", lambda: None)
@@ -762,8 +761,17 @@ def test_resume_retry_failed_refits_a_finished_build_as_an_undisturbed_build_wou
             'max_attempts = 1\nconcurrency = 1\n\n'
             f'[judges.steady]\nkind = "api"\nbase_url = "{srv.url}"\nstructured = "off"\nmodel = "ok"\n')
         monkeypatch.setenv("VALUEFLOW_JUDGES_FILE", str(judges))
-        got = asyncio.run(run(pg_url, "flaky", retry=True))
-        ref = in_scratch_db(lambda url: run(url, "steady", retry=False))
+        job, vs, out, got = asyncio.run(run(pg_url, "flaky", retry_failed))
+        ref_job, ref_vs, ref_out, ref = in_scratch_db(lambda url: run(url, "steady", nothing))
+    # both: one build's version over all 60 items and every window; retried: version 2 by the same job,
+    # whose new items are the job's 40 texts, calibrated again (the references were kept)
+    for j, v in ((job, vs[-1]), (ref_job, ref_vs[-1])):
+        assert (v["kind"], v["job_id"], v["n_items"], v["n_comparisons"]) == ("build", "build-1", 60, j["n_windows"])
+    assert [(v["version"], v["n_new"]) for v in vs] == [(1, 60), (2, 40)]
+    assert [(v["version"], v["n_new"]) for v in ref_vs] == [(1, 60)]
+    assert "refit again after resume --retry-failed (this job's earlier version: 1)" in (vs[-1]["note"] or "")
+    assert len(out) == 40 and {r["version"] for r in out} == {2}  # the job's latest version
+    assert len(ref_out) == 40 and {r["version"] for r in ref_out} == {1}
     assert_same_items(got, ref, 60)
 
 

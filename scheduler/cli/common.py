@@ -51,9 +51,24 @@ def run_with_store(fn, *args, migrate: bool = True):
 def spawn_worker(queues: str = "default,gpu,api,refit", concurrency: int = 1, log: Path | None = None) -> subprocess.Popen:
     """A worker subprocess of this CLI (used by ``--wait`` on the embedded default)."""
     out = open(log, "ab") if log else subprocess.DEVNULL
+    # the worker stops when this command dies, even by SIGKILL (an orphan would take other jobs' tasks)
+    env = dict(os.environ, VALUEFLOW_PARENT_PID=str(os.getpid()))
     return subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-Q", queues, "-c", str(concurrency),
-                             "--loglevel", "WARNING"], stdout=out, stderr=out, env=os.environ.copy(),
-                            start_new_session=True)
+                             "--loglevel", "WARNING"], stdout=out, stderr=out, env=env, start_new_session=True)
+
+
+def exit_with_parent() -> None:
+    """In a worker that :func:`spawn_worker` started: get SIGTERM when the spawning command dies
+    (Linux ``PR_SET_PDEATHSIG``), and stop now if it is already gone. Elsewhere a no-op."""
+    parent = os.environ.pop("VALUEFLOW_PARENT_PID", None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):
+        raise SystemExit(f"worker: the command that started it (pid {parent}) is gone")
 
 
 def stop_worker(proc: subprocess.Popen) -> None:

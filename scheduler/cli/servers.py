@@ -6,7 +6,7 @@ import os
 
 import click
 
-from scheduler.cli.common import celery_app, resolve_urls, run_with_store
+from scheduler.cli.common import celery_app, exit_with_parent, resolve_urls, run_with_store
 from schemas.settings import load_settings, redact
 
 
@@ -75,6 +75,7 @@ def worker(queues: str, concurrency: int, pool: str, loglevel: str, metrics_port
     """Start a worker consuming the given queues (run on as many machines as you like)."""
     from workers.tasks.app import QUEUES
 
+    exit_with_parent()
     bad = [q for q in queues.split(",") if q not in QUEUES]
     if bad:
         raise click.BadParameter(f"unknown queue(s) {bad}; known: {', '.join(QUEUES)}", param_hint="--queues")
