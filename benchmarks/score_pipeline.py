@@ -72,7 +72,7 @@ async def _submit(store, app, spec, rows) -> str:
     from workers.jobs.kinds import score as score_kind
 
     spec = await record_vidb_view(store, spec)
-    assert spec.vidb_versions, "the seed VIDB gives every value a version"
+    assert all(spec.vidb_versions[v] > 0 for v in spec.values), "the seed VIDB gives every value a version"
     return await jobs.submit(store, app, score_kind.KIND, spec, score_kind.planner(spec, _chunks(rows)))
 
 

@@ -185,17 +185,17 @@ def test_million_rows_streamed_with_an_error_at_row_900000(tmp_path):
     assert yielded == [10_000] * 89  # the 899,999 good rows before it came out in whole batches
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("typo.csv", "doc,text\na,fine\n", "1: field 'dco': column missing from the header ['doc', 'text']"),
-    ("typo.jsonl", '{"doc": "a", "text": "fine"}\n', "1: field 'dco': missing id (named as the id field)"),
+@pytest.mark.parametrize("name, content, message, unnamed", [
+    ("typo.csv", "doc,text\na,fine\n", "1: field 'dco': column missing from the header ['doc', 'text']", "line-2"),
+    ("typo.jsonl", '{"doc": "a", "text": "fine"}\n', "1: field 'dco': missing id (named as the id field)", "line-1"),
     ("gap.jsonl", '{"dco": "a", "text": "fine"}\n{"dco": "", "text": "also fine"}\n',
-     "2: field 'dco': missing id (named as the id field)"),
+     "2: field 'dco': missing id (named as the id field)", "line-1"),
 ])
-def test_an_id_field_named_must_be_there(tmp_path, name, content, message):
+def test_an_id_field_named_must_be_there(tmp_path, name, content, message, unnamed):
     """--id-field given: a mistyped name is an error, not every row silently numbered line-N."""
     p = _write(tmp_path, name, content)
     _raises(p, message, id_col="dco")
-    assert [r.ext_id for r in read_inputs(p)][0] in ("line-1", "line-2")  # not named: line numbers where absent
+    assert read_inputs(p)[0].ext_id == unnamed  # not named: `id` where present, else the line
 
 
 def test_a_parquet_id_column_named_must_be_there(tmp_path):

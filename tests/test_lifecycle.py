@@ -513,6 +513,9 @@ def test_errors_that_would_repeat_fail_the_chunk_or_the_job_and_transient_ones_a
     async def violated(*args, **kw):
         raise pgx.CheckViolationError('new row for relation "vidb_items" violates check constraint')
 
+    async def bad_argument(*args, **kw):  # asyncpg's client-side DataError is an InterfaceError, yet no fault of the link
+        raise pgx._base.DataError("invalid input for query argument $2: 'x' (a float is required)")
+
     async def shutting_down(*args, **kw):
         raise pgx.AdminShutdownError("terminating connection due to administrator command")
 
@@ -525,12 +528,17 @@ def test_errors_that_would_repeat_fail_the_chunk_or_the_job_and_transient_ones_a
             with monkeypatch.context() as m:
                 m.setattr(vidb_build, "refit_and_write", violated)
                 await build_inline(store, corpus(30)[0], references(), job_id="b-1", per_text=4)
+                m.setattr(vidb_build, "refit_and_write", bad_argument)
+                await build_inline(store, corpus(30, offset=300)[0], references(), job_id="b-4", per_text=4)
                 m.setattr(vidb_build, "refit_and_write", shutting_down)
                 with pytest.raises(pgx.AdminShutdownError):
                     await build_inline(store, corpus(30, offset=100)[0], references(), job_id="b-2", per_text=4)
             b1, b2 = await store.job("b-1"), await store.job("b-2")
             assert (b1["state"], b1["error"]) == ("failed", "finalize: CheckViolationError: new row for relation "
                                                             '"vidb_items" violates check constraint')
+            b4 = await store.job("b-4")
+            assert (b4["state"], b4["error"]) == ("failed", "finalize: DataError: invalid input for query argument $2: "
+                                                            "'x' (a float is required)")
             assert b2["state"] == "finalizing"  # nothing written: the retried task runs it
             assert await store.pool.fetchval("SELECT count(*) FROM vidb_versions") == 0
             assert await lifecycle.run_finalize(store, Resources(), "b-2")  # the retry, once PostgreSQL is back

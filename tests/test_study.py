@@ -186,6 +186,13 @@ def test_study_with_an_llm_judge_rates_and_ranks_over_seeds_and_paraphrases(env,
 
 
 def test_study_with_the_embedding_judge_through_the_queue_and_study_report(env, workers, tmp_path, pg_url):
+    from tests.test_score_job import _q
+
+    # -o with --no-wait would write nothing: refused before anything is read or submitted
+    res = run_cli(["study", "stability", "--data", str(shared_data() / "vidb-sample" / "mft.json"), "--theory", "mft",
+                   "--no-wait", "-o", str(tmp_path / "never")], env)
+    assert res.returncode == 2 and "needs --wait" in res.stderr and "valueflow study report JOB" in res.stderr
+    assert _q(pg_url, "SELECT count(*) AS n FROM jobs")[0]["n"] == 0
     workers.start()
     res = run_cli(["study", "stability", "--data", str(shared_data() / "vidb-sample" / "mft.json"),
                    "--theory", "mft", "--limit", "4", "--repeats", "2", "--paraphrases", "3", "--mode", "calibrated",
@@ -196,8 +203,6 @@ def test_study_with_the_embedding_judge_through_the_queue_and_study_report(env, 
     assert run_cli(["jobs", "wait", job, "--timeout", "900"], env, timeout=960).returncode == 0
     # the study records the VIDB it ranks against (the seed: every value's version 1); its windows
     # draw anchors from those snapshots
-    from tests.test_score_job import _q
-
     spec = json.loads(_q(pg_url, "SELECT spec::text AS s FROM jobs WHERE id=$1", job)[0]["s"])
     assert len(spec["vidb_versions"]) == 32 and set(spec["vidb_versions"].values()) == {1}
     v1 = {r["item_id"] for r in _q(pg_url, "SELECT item_id FROM vidb_version_items WHERE version = 1")}

@@ -338,7 +338,7 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
     # a mistyped --id-field: refused, not every text silently numbered line-N
     res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
                    "--reference", str(tmp_path / "refs.csv"), "--id-field", "ident"], env)
-    assert res.returncode != 0 and f"corpus.jsonl:1: field 'ident': missing id" in res.stderr, res.stderr
+    assert res.returncode != 0 and "corpus.jsonl:1: field 'ident': missing id" in res.stderr, res.stderr
     # an export format it cannot write, and -o without --wait, are refused before the job is submitted
     res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
                    "--reference", str(tmp_path / "refs.csv"), "--wait", "-o", str(tmp_path / "built.txt")], env)

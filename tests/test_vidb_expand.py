@@ -151,12 +151,20 @@ def test_items_the_audit_or_people_doubt_do_not_calibrate_new_texts(pg_url):
             with_doubted = np.array([i for i, r in enumerate(items) if r["text_id"] not in new_ids])
             assert not np.allclose(got[new], isotonic(u, with_doubted, got[with_doubted])[new])
 
-            # a build taking references from the VIDB: only agreed items, and the message counts the rest
-            await store.pool.execute("UPDATE vidb_items SET flags = ARRAY['disputed'] WHERE value = $1", VALUE)
+            # a build taking references from the VIDB picks agreed items only
             more, _ = corpus(10, seed=8, offset=700)
-            spec = VidbBuildSpec(input="more.jsonl", value=VALUE, judge="simulated")
+            spec = VidbBuildSpec(input="more.jsonl", value=VALUE, judge="simulated", max_references=1000)
+            await lifecycle.submit(store, vidb_build.KIND, spec, "b-mix", vidb_build.planner(spec, more, None))
+            refs = {r["text_id"] for r in await store.pool.fetch("SELECT text_id FROM vidb_job_refs WHERE job_id = 'b-mix'")}
+            assert refs == {r["text_id"] for r in items if r["id"] not in doubted}  # 170 - 6
+            # with none agreed: the build and the expansion refuse before anything is judged, counting the doubted
+            await store.pool.execute("UPDATE vidb_items SET flags = ARRAY['disputed'] WHERE value = $1", VALUE)
             with pytest.raises(ValueError, match=r"has 0 VIDB item\(s\) not flagged implausible or disputed \(170 are\)"):
                 await lifecycle.submit(store, vidb_build.KIND, spec, "b-more", vidb_build.planner(spec, more, None))
+            with pytest.raises(ValueError, match=r"has 0 fitted VIDB item\(s\) not flagged implausible or disputed "
+                                                 r"\(170 are\); isotonic calibration of the new texts needs at least 10"):
+                await expand_stages(store, more, "exp-none", rounds=8)
+            assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE id IN ('b-more', 'exp-none')") == 0
         finally:
             await store.close()
 
@@ -467,7 +475,7 @@ def test_audit_review_export_adjudicate_round_trip(env, workers, tmp_path, pg_ur
     later = tmp_path / "later.csv"
     write(later, [dict(got[0], human_rating="-9", rater="cid")])
     res = run_cli(["vidb", "adjudicate", str(later), "--weight", "0.5", "--disagree", "3"], env, check=True)
-    assert f"1 item(s), 1 rating(s)" in res.stdout and f"version {versions_before + 2}" in res.stdout
+    assert "1 item(s), 1 rating(s)" in res.stdout and f"version {versions_before + 2}" in res.stdout
     now = asyncio.run(q("SELECT intensity FROM vidb_items WHERE id = $1", first))[0]["intensity"]
     assert abs(now - (0.5 * model[first] + 0.5 * np.mean([truth[first], truth[first] + 1, -9]))) < 1e-2
     # ann corrects her rating in a sheet of her own: it replaces hers, wherever it came from

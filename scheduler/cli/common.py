@@ -59,15 +59,22 @@ def spawn_worker(queues: str = "default,gpu,api,refit", concurrency: int = 1, lo
 
 def exit_with_parent() -> None:
     """In a worker that :func:`spawn_worker` started: get SIGTERM when the spawning command dies
-    (Linux ``PR_SET_PDEATHSIG``), and stop now if it is already gone. Elsewhere a no-op."""
+    (Linux ``PR_SET_PDEATHSIG``; Celery then stops after its current task), and stop now if it is
+    already gone. Elsewhere, or without ``VALUEFLOW_PARENT_PID``, a no-op. (The signal follows the
+    thread that started the worker: :func:`spawn_worker` runs on the command's main thread.)"""
     parent = os.environ.pop("VALUEFLOW_PARENT_PID", None)
     if parent is None or not sys.platform.startswith("linux"):
+        return
+    if not parent.isdigit() or os.getppid() != int(parent):
+        if parent.isdigit() and not os.path.exists(f"/proc/{parent}"):
+            raise SystemExit(f"worker: the command that started it (pid {parent}) is gone")
+        console.print(f"worker: VALUEFLOW_PARENT_PID={parent!r} is not this worker's parent; ignored")
         return
     import ctypes
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(parent):
+    if os.getppid() != int(parent):  # it died between the check and the prctl
         raise SystemExit(f"worker: the command that started it (pid {parent}) is gone")
 
 

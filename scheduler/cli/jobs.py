@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -185,6 +186,14 @@ def follow_options(output_help: str | None):
     """``--wait``, ``--local-worker`` and (with ``output_help``) ``-o``: what a command that submits a
     job offers. The export's format is checked before anything is submitted."""
     def deco(f):
+        @functools.wraps(f)
+        def checked(*args, **kw):
+            output = kw.get("output")
+            if output is not None and not kw.get("wait"):  # before the command reads or stores anything
+                raise click.UsageError(f"-o {output} needs --wait (or export later: valueflow jobs export JOB -o {output})")
+            return f(*args, **kw)
+
+        f = checked
         if output_help is not None:
             f = click.option("-o", "--output", type=click.Path(path_type=Path), callback=_export_path,
                              help=f"{output_help} (.jsonl/.csv/.parquet; needs --wait)")(f)
@@ -207,8 +216,6 @@ def submit_and_follow(kind, spec, plan, describe, *, wait: bool, local_worker: b
     from scheduler import jobs as J
     from schemas.settings import load_settings
 
-    if output is not None and not wait:
-        raise click.UsageError(f"-o {output} needs --wait (or export later: valueflow jobs export JOB -o {output})")
     settings = load_settings()
     _, broker = resolve_urls()
     app = celery_app(broker)

@@ -73,6 +73,8 @@ def stability(judge, data, values, theories, limit, repeats, paraphrases, k, m, 
     from workers.jobs.kinds import study as study_kind
     from workers.judges.config import get_judge_config
 
+    if out_dir is not None and not wait:
+        raise click.UsageError(f"-o {out_dir} needs --wait (or later: valueflow study report JOB -o {out_dir})")
     try:
         cfg = get_judge_config(judge)
         labelled = load_labelled(data)

@@ -1,9 +1,11 @@
 """Which errors are transient infrastructure faults, worth retrying, and which are not.
 
 Transient: the database or broker went away or is restarting (a dropped socket, PostgreSQL's
-admin shutdown or "cannot connect now"), a transaction lost a deadlock or serialization race, a
-lock wait or statement timed out, the server ran out of connections. Anything else (a constraint
-violation, bad data, a bug) fails the same way every time: retrying it only delays the failure.
+admin shutdown or "cannot connect now", a read-only server during a failover), a transaction lost a
+deadlock or serialization race, a lock wait or statement timed out, the server ran out of
+connections, or a migration changed a table under a prepared statement (the next try prepares it
+again). Anything else (a constraint violation, bad data, a missing file, a bug) fails the same way
+every time: retrying it only delays the failure and hides its message.
 """
 
 from __future__ import annotations
@@ -13,8 +15,19 @@ from asyncpg import exceptions as pg
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     pg.PostgresConnectionError, asyncpg.InterfaceError, pg.TransactionRollbackError, pg.OperatorInterventionError,
-    pg.InsufficientResourcesError, pg.LockNotAvailableError, OSError, ConnectionError, TimeoutError,
+    pg.InsufficientResourcesError, pg.LockNotAvailableError, pg.ReadOnlySQLTransactionError,
+    pg.InvalidCachedStatementError, pg.OutdatedSchemaCacheError, OSError, ConnectionError, TimeoutError,
 )
+# inside those families, errors that are the caller's or the data's, not the infrastructure's
+NOT_TRANSIENT: tuple[type[BaseException], ...] = (
+    pg._base.DataError, pg._base.ClientConfigurationError, pg._base.UnsupportedClientFeatureError,
+    FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a retry may succeed where this attempt failed."""
+    return isinstance(exc, TRANSIENT) and not isinstance(exc, NOT_TRANSIENT)
 
 
 def describe(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from schemas.messages import StageTask
 from schemas.states import JobState
-from workers.infra.transient import TRANSIENT, describe
+from workers.infra.transient import describe, is_transient
 from workers.jobs.kind import FinalizeContext, JobFailure, JobKind, Resources, StageContext, StageReport
 from workers.jobs.registry import get_kind
 from workers.store import Store
@@ -100,9 +100,10 @@ async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deli
         work = stage.run(ctx)
     try:
         await work
-    except TRANSIENT:
-        raise  # the task retries it
-    except Exception as exc:  # noqa: BLE001 - it would fail every retry the same way: fail the chunk, not the job
+    except Exception as exc:  # noqa: BLE001
+        if is_transient(exc):
+            raise  # the task retries it
+        # it would fail every retry the same way: fail the chunk (retryable), not the job
         log.exception("job %s chunk %s: stage %s failed", msg.job_id, msg.chunk_no, stage.name)
         return await _fail_chunk(store, kind, msg, ctx, f"stage {stage.name}: {describe(exc)}", t0)
     sends = await _advance(store, kind, spec, msg)
@@ -150,9 +151,10 @@ async def run_finalize(store: Store, resources: Resources, job_id: str) -> bool:
         try:
             async with conn.transaction():  # a savepoint: a JobFailure drops what finalize wrote
                 await kind.finalize(FinalizeContext(store, conn, job, spec, resources))  # type: ignore[misc]
-        except TRANSIENT:
-            raise  # the task retries it
-        except Exception as exc:  # noqa: BLE001 - JobFailure, or an error that would fail every retry the same way
+        except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):
+                raise  # the task retries it
+            # a JobFailure, or an error that would fail every retry the same way
             if not isinstance(exc, JobFailure):
                 log.exception("job %s: finalize failed", job_id)
             error = str(exc) if isinstance(exc, JobFailure) else f"finalize: {describe(exc)}"

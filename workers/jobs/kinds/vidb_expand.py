@@ -26,10 +26,12 @@ from workers.io.inputs import InputRow
 from workers.jobs.judge_stage import give_up_windows, judge_windows
 from workers.jobs.kind import FinalizeContext, JobKind, Stage, StageContext
 from workers.jobs.kinds.vidb_build import EXPORT_COLUMNS, check_corpus, export_rows, judge_queue
+from workers.stats.calibration import MIN_REFERENCE_POINTS
 from workers.store import Store
 from workers.vidb import search as S
 from workers.vidb.refit import refit_and_write
 from workers.vidb.simulated_judge import ensure_judge
+from workers.vidb.versions import agreed
 
 MIN_POOL = 10
 
@@ -55,6 +57,12 @@ def planner(spec: VidbExpandSpec, rows: list[InputRow]):
         if len(u) < max(MIN_POOL, spec.k - 1):
             raise ValueError(f"value {spec.value!r} has {len(u)} fitted VIDB item(s); expansion searches among at least "
                              f"{MIN_POOL}: run 'valueflow vidb build' for it first")
+        flags = await store.pool.fetch("SELECT flags FROM vidb_items WHERE value = $1 AND utility IS NOT NULL", spec.value)
+        n_agreed = sum(agreed(r["flags"]) for r in flags)
+        if n_agreed < MIN_REFERENCE_POINTS:  # the refit calibrates new texts on them: refuse before judging
+            raise ValueError(f"value {spec.value!r} has {n_agreed} fitted VIDB item(s) not flagged implausible or disputed "
+                             f"({len(flags) - n_agreed} are); isotonic calibration of the new texts needs at least "
+                             f"{MIN_REFERENCE_POINTS}: adjudicate the flagged items ('valueflow vidb review-export')")
         await store.stage_items(job_id, [(i, r.ext_id, r.text) for i, r in enumerate(rows)])
         n_chunks = (len(rows) + spec.items_per_chunk - 1) // spec.items_per_chunk
         await store.stage_windows(job_id, [], [(c, judge_queue(spec)) for c in range(n_chunks)])
