@@ -185,15 +185,14 @@ def _export_path(ctx, param, value: Path | None) -> Path | None:
 def follow_options(output_help: str | None):
     """``--wait``, ``--local-worker`` and (with ``output_help``) ``-o``: what a command that submits a
     job offers. The export's format is checked before anything is submitted."""
-    def deco(f):
-        @functools.wraps(f)
-        def checked(*args, **kw):
+    def deco(command):
+        @functools.wraps(command)
+        def f(*args, **kw):
             output = kw.get("output")
             if output is not None and not kw.get("wait"):  # before the command reads or stores anything
                 raise click.UsageError(f"-o {output} needs --wait (or export later: valueflow jobs export JOB -o {output})")
-            return f(*args, **kw)
+            return command(*args, **kw)
 
-        f = checked
         if output_help is not None:
             f = click.option("-o", "--output", type=click.Path(path_type=Path), callback=_export_path,
                              help=f"{output_help} (.jsonl/.csv/.parquet; needs --wait)")(f)
