@@ -293,6 +293,12 @@ def test_dry_run_prints_the_cost_and_stores_nothing(env, tmp_path, pg_url):
     tokens = int(re.search(r"≈ ([\d,]+) prompt tokens", res.stdout).group(1).replace(",", ""))
     assert 100 * len(TEXTS) * 18 < tokens < 2000 * len(TEXTS) * 18  # a few hundred tokens per window
     assert f"at most {len(TEXTS) * 18 * 40:,}" in res.stdout
+    res = run_cli(["score", str(inp), "--theory", "mft", "--judge", "big", "--dry-run", "-o", str(tmp_path / "x.csv")],
+                  env)
+    assert res.returncode == 2 and "a dry run submits nothing to export" in res.stderr
+    # -o without --wait is refused before the input is read (it does not exist here)
+    res = run_cli(["score", str(tmp_path / "missing.jsonl"), "--value", "care-harm", "-o", str(tmp_path / "x.csv")], env)
+    assert res.returncode == 2 and "needs --wait" in res.stderr and "no such file" not in res.stderr
     assert _store_is_empty(pg_url)
 
 
@@ -592,3 +598,64 @@ def test_a_local_worker_stops_when_the_command_that_started_it_is_killed(env):
         parent.kill()
         if state(worker) not in ("gone", "Z"):
             os.killpg(worker, 9)
+
+
+@pytest.mark.parametrize("exc, transient", [
+    ("pgx.AdminShutdownError('terminating connection due to administrator command')", True),
+    ("pgx.CannotConnectNowError('the database system is starting up')", True),
+    ("pgx.ConnectionDoesNotExistError('connection was closed in the middle of operation')", True),
+    ("pgx.SerializationError('could not serialize access')", True),
+    ("pgx.DeadlockDetectedError('deadlock detected')", True),
+    ("pgx.ReadOnlySQLTransactionError('cannot execute UPDATE in a read-only transaction')", True),
+    ("pgx.InvalidCachedStatementError('cached statement plan is invalid')", True),
+    ("pgx.TooManyConnectionsError('sorry, too many clients already')", True),
+    ("FileNotFoundError(2, 'No such file or directory')", True),  # asyncpg's unix socket, PostgreSQL restarting
+    ("ConnectionRefusedError(111, 'Connection refused')", True),
+    ("TimeoutError()", True),
+    ("pgx.CheckViolationError('violates check constraint')", False),
+    ("pgx.UniqueViolationError('duplicate key value')", False),
+    ("pgx._base.DataError('invalid input for query argument $1')", False),
+    ("FileNotFoundError(2, 'No such file or directory', '/models/typo')", False),  # a file that stays missing
+    ("PermissionError(13, 'Permission denied', '/state/x')", False),
+    ("ValueError('bad')", False),
+    ("ZeroDivisionError('division by zero')", False),
+])
+def test_which_errors_are_retried(exc, transient):
+    from asyncpg import exceptions as pgx  # noqa: F401 - used by eval
+
+    from workers.infra.transient import is_transient
+
+    assert is_transient(eval(exc)) is transient
+
+
+def test_a_model_that_is_not_there_is_a_value_error_not_a_retry(tmp_path):
+    """transformers says OSError for a missing model; a retry would not find it, so it is a ValueError."""
+    from workers.hives.encoder import Encoder
+    from workers.infra.transient import is_transient
+    from workers.judges.local_llm import load_causal_lm
+
+    for load in (lambda: load_causal_lm(str(tmp_path / "no-model"), tmp_path, "cpu"),
+                 lambda: Encoder(tmp_path / "no-encoder")):
+        with pytest.raises(ValueError, match="no-(model|encoder)'?: cannot load it") as info:
+            load()
+        assert not is_transient(info.value)
+
+
+def test_a_worker_whose_starting_command_is_already_dead_does_not_start(env, tmp_path):
+    """VALUEFLOW_PARENT_PID names a command that died (a zombie not yet reaped): the worker exits
+    at once instead of running on as an orphan."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while open(f"/proc/{dead.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":  # exited, not reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        res = subprocess.run([sys.executable, "-m", "scheduler.cli", "worker", "-Q", "default"], cwd=ROOT,
+                             env=dict(env, VALUEFLOW_PARENT_PID=str(dead.pid)), capture_output=True, text=True,
+                             timeout=60)
+    finally:
+        dead.wait()
+    assert res.returncode != 0 and f"the command that started it (pid {dead.pid}) is gone" in res.stderr

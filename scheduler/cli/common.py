@@ -57,6 +57,15 @@ def spawn_worker(queues: str = "default,gpu,api,refit", concurrency: int = 1, lo
                              "--loglevel", "WARNING"], stdout=out, stderr=out, env=env, start_new_session=True)
 
 
+def _process_state(pid: int) -> str:
+    """A Linux process's state letter (R, S, Z...), or "gone"."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "gone"
+
+
 def exit_with_parent() -> None:
     """In a worker that :func:`spawn_worker` started: get SIGTERM when the spawning command dies
     (Linux ``PR_SET_PDEATHSIG``; Celery then stops after its current task), and stop now if it is
@@ -65,10 +74,13 @@ def exit_with_parent() -> None:
     parent = os.environ.pop("VALUEFLOW_PARENT_PID", None)
     if parent is None or not sys.platform.startswith("linux"):
         return
-    if not parent.isdigit() or os.getppid() != int(parent):
-        if parent.isdigit() and not os.path.exists(f"/proc/{parent}"):
+    if not parent.isdigit():
+        console.print(f"worker: VALUEFLOW_PARENT_PID={parent!r} is not a process id; ignored")
+        return
+    if os.getppid() != int(parent):
+        if os.getppid() == 1 or _process_state(int(parent)) in ("gone", "Z"):  # it died (maybe not reaped yet)
             raise SystemExit(f"worker: the command that started it (pid {parent}) is gone")
-        console.print(f"worker: VALUEFLOW_PARENT_PID={parent!r} is not this worker's parent; ignored")
+        console.print(f"worker: VALUEFLOW_PARENT_PID={parent} is not this worker's parent; ignored")
         return
     import ctypes
 

@@ -189,6 +189,8 @@ def follow_options(output_help: str | None):
         @functools.wraps(command)
         def f(*args, **kw):
             output = kw.get("output")
+            if output is not None and kw.get("dry_run"):
+                raise click.UsageError(f"-o {output}: a dry run submits nothing to export")
             if output is not None and not kw.get("wait"):  # before the command reads or stores anything
                 raise click.UsageError(f"-o {output} needs --wait (or export later: valueflow jobs export JOB -o {output})")
             return command(*args, **kw)

@@ -133,7 +133,10 @@ class Encoder(torch.nn.Module):
 
         path = str(model) if model else str(default_model_path())
         self.source = path
-        self.model = AutoModel.from_pretrained(path)
+        try:
+            self.model = AutoModel.from_pretrained(path)
+        except OSError as exc:  # no retry will find it: a ValueError naming the model
+            raise ValueError(f"encoder {path!r}: cannot load it ({exc})") from exc
         cfg = self.model.config
         self.pooling = pooling or read_pooling(path, cfg.model_type, getattr(cfg, "architectures", None))
         if self.pooling not in POOLERS:

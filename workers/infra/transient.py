@@ -1,11 +1,12 @@
 """Which errors are transient infrastructure faults, worth retrying, and which are not.
 
-Transient: the database or broker went away or is restarting (a dropped socket, PostgreSQL's
-admin shutdown or "cannot connect now", a read-only server during a failover), a transaction lost a
-deadlock or serialization race, a lock wait or statement timed out, the server ran out of
-connections, or a migration changed a table under a prepared statement (the next try prepares it
-again). Anything else (a constraint violation, bad data, a missing file, a bug) fails the same way
-every time: retrying it only delays the failure and hides its message.
+Transient: the database or broker went away or is restarting (a dropped socket, a missing unix
+socket while PostgreSQL restarts, its admin shutdown or "cannot connect now", a read-only server
+during a failover), a transaction lost a deadlock or serialization race, a lock wait or statement
+timed out, the server ran out of connections, or a migration changed a table under a prepared
+statement (the next try prepares it again). Anything else (a constraint violation, bad data, a
+file that is not there, a bug) fails the same way every time: retrying it only delays the failure
+and hides its message.
 """
 
 from __future__ import annotations
@@ -18,16 +19,23 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     pg.InsufficientResourcesError, pg.LockNotAvailableError, pg.ReadOnlySQLTransactionError,
     pg.InvalidCachedStatementError, pg.OutdatedSchemaCacheError, OSError, ConnectionError, TimeoutError,
 )
-# inside those families, errors that are the caller's or the data's, not the infrastructure's
-NOT_TRANSIENT: tuple[type[BaseException], ...] = (
+# inside asyncpg's InterfaceError family: the caller's or the data's errors, not the link's
+CLIENT_ERRORS: tuple[type[BaseException], ...] = (
     pg._base.DataError, pg._base.ClientConfigurationError, pg._base.UnsupportedClientFeatureError,
-    FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
+    pg._base.UnsupportedServerFeatureError,
 )
+_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a retry may succeed where this attempt failed."""
-    return isinstance(exc, TRANSIENT) and not isinstance(exc, NOT_TRANSIENT)
+    """Whether a retry may succeed where this attempt failed. A file error that names its file is
+    not (a missing model or input stays missing); one that names none is a socket's (asyncpg
+    connecting to a unix socket that a restarting PostgreSQL has not created yet)."""
+    if isinstance(exc, CLIENT_ERRORS):
+        return False
+    if isinstance(exc, _FILE_ERRORS) and exc.filename is not None:
+        return False
+    return isinstance(exc, TRANSIENT)
 
 
 def describe(exc: BaseException) -> str:

@@ -42,7 +42,16 @@ def converted_dir(gguf: Path, home: Path) -> Path:
 
 
 def load_causal_lm(model: str, home: Path, device: str):
-    """(tokenizer, model) from a HF directory/name, a .gguf file, or the default SmolLM2 GGUF."""
+    """(tokenizer, model) from a HF directory/name, a .gguf file, or the default SmolLM2 GGUF.
+    A model that cannot be read (transformers raises ``OSError``) is a ``ValueError`` naming it:
+    no retry will find it."""
+    try:
+        return _load_causal_lm(model, home, device)
+    except OSError as exc:
+        raise ValueError(f"model {model or 'SmolLM2-135M-Instruct'!r}: cannot load it ({exc})") from exc
+
+
+def _load_causal_lm(model: str, home: Path, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf() if model in ("", "SmolLM2-135M-Instruct") else (Path(model) if model.endswith(".gguf") else None)

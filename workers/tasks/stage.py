@@ -14,7 +14,7 @@ from celery import current_app, shared_task
 
 from schemas.messages import FinalizeTask, StageTask
 from schemas.settings import load_settings
-from workers.infra.transient import TRANSIENT
+from workers.infra.transient import CLIENT_ERRORS, TRANSIENT
 from workers.jobs import lifecycle
 from workers.tasks import metrics, runtime
 from workers.tasks.app import QUEUES, task_name
@@ -22,7 +22,8 @@ from workers.tasks.app import QUEUES, task_name
 # Transient infrastructure faults (a restarted PostgreSQL, a deadlock victim, a dropped socket)
 # are retried with backoff; every task body is idempotent, so a retry never stores anything twice.
 # Other errors fail the chunk or the job (lifecycle), with the error, instead of being retried.
-RETRY = dict(autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60, retry_jitter=True, max_retries=8)
+RETRY = dict(autoretry_for=TRANSIENT, dont_autoretry_for=CLIENT_ERRORS, retry_backoff=True, retry_backoff_max=60,
+             retry_jitter=True, max_retries=8)
 
 
 def send(app, sends: list[lifecycle.Send]) -> int:
