@@ -194,11 +194,7 @@ def vidb_expand(new, value, judge, k, prior, seed, id_field, text_field, wait, l
     async def fetch(store):
         n = await store.pool.fetchval("SELECT count(*) FROM vidb_items WHERE value = $1 AND utility IS NOT NULL", key)
         got = []
-        for j in from_jobs:  # before any text is read from them
-            job = await store.job(j)
-            if job is None or job["kind"] != "score":
-                raise click.ClickException(f"--from-job {j}: no scoring job with that id"
-                                           + (f" (it is a {job['kind']} job)" if job is not None else ""))
+        await kind.check_from_jobs(store, list(from_jobs))  # before any text is read from them
         if new is None:
             for j in from_jobs:
                 got += await store.pool.fetch(

@@ -48,7 +48,7 @@ from workers.judges.base import Judge
 from workers.judges.config import JudgeConfig
 from workers.stats.multitask_ridge import (DEFAULT_GRID, CVResult, MultiTaskProbe, cap_rows, cross_validate,
                                            fit_multitask, task_basis)
-from workers.vidb.versions import view_items
+from workers.vidb.versions import latest_versions, view_items
 
 MIN_ANCHORS = 3
 
@@ -111,9 +111,8 @@ class StoreAnchors:
         items writes a version (a fit, an audit, an adjudication, an import; migration 9 gave the
         older imports theirs), so this small table says whether anything the probe learns from
         changed, without counting the items."""
-        latest = await self.store.pool.fetch("SELECT value, max(version) AS v FROM vidb_versions GROUP BY value")
-        return tuple(sorted((r["value"], self.versions.get(r["value"], r["v"]), r["value"] in self.versions)
-                            for r in latest))
+        latest = await latest_versions(self.store.pool)
+        return tuple(sorted((v, self.versions.get(v, n), v in self.versions) for v, n in latest.items()))
 
     async def fetch(self, value: str) -> tuple[list[str], list[float]]:
         rows = await view_items(self.store.pool, [value], self.versions, self.only_agreed)

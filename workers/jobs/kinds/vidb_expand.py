@@ -46,12 +46,18 @@ async def fitted_pool(conn, value: str) -> tuple[np.ndarray, np.ndarray, np.ndar
             np.array([r["stderr"] or 0.0 for r in rows], dtype=float))
 
 
+async def check_from_jobs(store: Store, job_ids: list[str]) -> None:
+    """Refuse a ``--from-job`` that is not a scoring job (only those rank texts against VIDB anchors)."""
+    for j in job_ids:
+        job = await store.job(j)
+        if job is None or job["kind"] != "score":
+            raise ValueError(f"--from-job {j}: no scoring job with that id"
+                             + (f" (it is a {job['kind']} job)" if job is not None else ""))
+
+
 def planner(spec: VidbExpandSpec, rows: list[InputRow]):
     async def plan(store: Store, job_id: str) -> tuple[int, int, int]:
-        for j in spec.from_jobs:
-            job = await store.job(j)
-            if job is None or job["kind"] != "score":
-                raise ValueError(f"--from-job {j}: no scoring job with that id")
+        await check_from_jobs(store, spec.from_jobs)
         await check_corpus(store, spec.value, rows, spec.input)
         _, _, u, _ = await fitted_pool(store.pool, spec.value)
         if len(u) < max(MIN_POOL, spec.k - 1):
