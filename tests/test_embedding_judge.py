@@ -272,8 +272,9 @@ def pair_beta(scores_a, x_a, scores_b=None, x_b=None):
     return fit_judge_scale(np.array(rows))[0]
 
 
-@pytest.mark.parametrize("cross_fit", [True, False])
-def test_anchor_order_shows_the_judges_real_sharpness_only_with_cross_fitting(encoder, embedding_judge, capsys, cross_fit):
+@pytest.mark.parametrize("cross_fit, lo, hi", [(True, 0.75, 1.33), (False, 2.0, np.inf)])
+def test_anchor_order_shows_the_judges_real_sharpness_only_with_cross_fitting(encoder, embedding_judge, capsys, cross_fit,
+                                                                              lo, hi):
     """β from anchor–anchor pairs (what calibrated mode fits) against β from held-out text–anchor
     pairs (what scoring a new text depends on), over the 32 values with a fifth of the seed held out."""
     items, held = {}, {}
@@ -293,10 +294,7 @@ def test_anchor_order_shows_the_judges_real_sharpness_only_with_cross_fitting(en
     b_ta = np.mean([pair_beta(s, x, sa, xa) for s, x, sa, xa in ta_rows])
     with capsys.disabled():
         print(f"\n[embedding judge, cross_fit={cross_fit}] β anchor–anchor {b_aa:.3f}, β held-out text–anchor {b_ta:.3f}")
-    if cross_fit:
-        assert 0.75 < b_aa / b_ta < 1.33
-    else:
-        assert b_aa / b_ta > 2.0
+    assert lo < b_aa / b_ta < hi  # cross-fitted: about equal; in-sample: anchor pairs look over twice as sharp
 
 
 def test_lm_probe_features_depend_on_the_value_and_order_held_out_seed_texts_better(encoder):
