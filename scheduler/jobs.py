@@ -54,14 +54,25 @@ def _progress(job, prog, n_stages: int) -> tuple[int, int, str]:
     return steps, max(job["n_chunks"] * n_stages, 1), "chunk-stages"
 
 
+def stall_hint(job_id: str, seconds: float) -> str:
+    """What a watcher says when a running job stopped moving."""
+    return (f"job {job_id}: no progress for {seconds:.0f} s. Are workers consuming its queues? (`valueflow status` "
+            f"shows each queue's depth.) Tasks lost with a killed worker or a restarted Redis are sent again by "
+            f"`valueflow jobs resume {job_id}`.")
+
+
 POLL_COST_SHARE = 0.05  # a watching CLI keeps at most this share of one database core busy
 POLL_MAX_S = 15.0  # ... but looks at least this often
 
 
 async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5,
-               timeout_s: float | None = None) -> str:
-    """Block until the job is finished; a live bar shows windows (or chunk-stages), their rate and ETA."""
+               timeout_s: float | None = None, stall_s: float | None = None) -> str:
+    """Block until the job is finished; a live bar shows windows (or chunk-stages), their rate and ETA.
+    When nothing moves for ``stall_s`` seconds (default ``VALUEFLOW_STALL_WARN_S``) it says so, once
+    per stall, on stderr: no worker on the job's queues, or tasks lost (``jobs resume``)."""
     from rich.console import Console
+
+    from schemas.settings import load_settings
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     start = time.monotonic()
@@ -69,6 +80,8 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
     n_stages = len(get_kind(job["kind"]).stages)
     prog = await store.job_progress(job_id)
     first, total, unit = _progress(job, prog, n_stages)
+    stall_s = float(load_settings().stall_warn_s if stall_s is None else stall_s)
+    seen, moved_at, warned = None, time.monotonic(), False
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]:.1f} {task.fields[unit]}/s · failed {task.fields[failed]} · "
                              "{task.fields[state]}"),
@@ -88,6 +101,13 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
                        unit=unit)
             if job["state"] in FINISHED:
                 return job["state"]
+            now = (finished, prog["failed"], sorted(prog["chunks"].items()), job["state"])
+            if now != seen:
+                seen, moved_at, warned = now, time.monotonic(), False
+            elif not warned and time.monotonic() - moved_at >= stall_s:
+                bar.console.print(stall_hint(job_id, time.monotonic() - moved_at), style="yellow", soft_wrap=True,
+                                  markup=False)
+                warned = True
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 return job["state"]
             # counting a job's windows costs O(windows): a poll of a 10⁶-window job takes the database

@@ -89,6 +89,7 @@ class Settings:
     visibility_timeout: int  # seconds; longer than the longest task
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # longest input text accepted
     judge_views: int = DEFAULT_JUDGE_VIEWS  # judges a worker keeps for jobs' VIDB views
+    stall_warn_s: int = 600  # a watched job that moves no further for this long gets a hint
 
     @property
     def embedded(self) -> bool:
@@ -121,4 +122,5 @@ def load_settings() -> Settings:
         visibility_timeout=_int("VALUEFLOW_VISIBILITY_TIMEOUT", 4 * 3600, minimum=60),
         max_text_chars=max_text_chars(),
         judge_views=judge_views(),
+        stall_warn_s=_int("VALUEFLOW_STALL_WARN_S", 600),
     )

@@ -659,3 +659,91 @@ def test_a_worker_whose_starting_command_is_already_dead_does_not_start(env, tmp
     finally:
         dead.wait()
     assert res.returncode != 0 and f"the command that started it (pid {dead.pid}) is gone" in res.stderr
+
+
+def test_a_workers_hand_off_is_sent_through_a_broker_restart(tmp_path):
+    """The next stage is committed in PostgreSQL before its message is sent, and a retried task finds
+    the chunk moved on and sends nothing; so the worker's send rides out a broker restart instead of
+    losing the hand-off (Celery's default publish retry gives up within a second)."""
+    import subprocess
+    import threading
+
+    import redis as redis_lib
+    from kombu.exceptions import OperationalError
+
+    from workers.infra.embedded import free_port
+    from workers.jobs.lifecycle import Send
+    from workers.tasks.app import make_app
+    from workers.tasks.stage import hand_off, send
+
+    port = free_port()
+    client = redis_lib.Redis(host="127.0.0.1", port=port)
+
+    def start_redis() -> None:
+        subprocess.run(["redis-server", "--daemonize", "yes", "--port", str(port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], check=True, capture_output=True)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis_lib.ConnectionError:
+            return False
+
+    start_redis()
+    try:
+        for _ in range(100):
+            if up():
+                break
+            time.sleep(0.1)
+        app = make_app(f"redis://127.0.0.1:{port}/0")
+        task = Send("stage", "api", {"job_id": "job-h", "chunk_no": 3, "stage": 1})
+        assert send(app, [task]) == 1  # the worker's broker connection is up and used
+        client.shutdown(nosave=True)
+        assert not up()
+        with pytest.raises(OperationalError):
+            send(app, [task])  # Celery's default policy: lost while the broker is away
+        restart = threading.Timer(3.0, start_redis)
+        restart.start()
+        t0 = time.monotonic()
+        assert hand_off(app, [task], "job-h") == 1
+        restart.join()
+        assert time.monotonic() - t0 >= 2.5  # it waited for the restart
+        # the restarted broker kept nothing (no persistence): the one queued message is the hand-off
+        queued = client.lrange("api", 0, -1)
+        assert len(queued) == 1
+        message = json.loads(queued[0])
+        assert message["headers"]["task"] == "valueflow.api.stage"
+        assert json.loads(__import__("base64").b64decode(message["body"]))[1] == task.kwargs
+    finally:
+        try:
+            client.shutdown(nosave=True)
+        except redis_lib.ConnectionError:
+            pass
+
+
+def test_waiting_on_a_stalled_job_says_why_and_resume_then_finishes_it(env, workers, tmp_path, redis_url, pg_url):
+    """A job whose tasks are gone (Redis restarted without persistence) never moves again; a watcher
+    says so after VALUEFLOW_STALL_WARN_S, once, naming the command that sends them again."""
+    import redis as redis_lib
+
+    inp = tmp_path / "in.jsonl"
+    _write_inputs(inp, TEXTS[:4])
+    job = _submit(env, inp, "--value", "care-harm", "--chunk-size", "4")
+    redis_lib.Redis.from_url(redis_url).flushdb()  # the queued tasks are lost, as with a restarted Redis
+    hint = "no progress for"
+    quiet = run_cli(["jobs", "wait", job, "--timeout", "2"], env)  # the default: 10 minutes
+    assert quiet.returncode == 1 and quiet.stdout.strip().endswith(f"{job} running")
+    assert hint not in quiet.stderr
+    stalled = run_cli(["jobs", "wait", job, "--timeout", "5"], {**env, "VALUEFLOW_STALL_WARN_S": "1"})
+    assert stalled.returncode == 1 and stalled.stdout.strip().endswith(f"{job} running")
+    lines = [ln for ln in stalled.stderr.splitlines() if hint in ln]
+    assert len(lines) == 1, stalled.stderr  # once per stall, not once per poll
+    assert lines[0].startswith(f"job {job}: no progress for ") and f"`valueflow jobs resume {job}`" in lines[0]
+    bad = run_cli(["jobs", "wait", job, "--timeout", "1"], {**env, "VALUEFLOW_STALL_WARN_S": "0"})
+    assert bad.returncode != 0 and "VALUEFLOW_STALL_WARN_S: must be >= 1, got 0" in bad.stderr
+    # the advice works: resume sends the lost task, a worker finishes the job
+    n_chunks = _q(pg_url, "SELECT n_chunks FROM jobs WHERE id=$1", job)[0]["n_chunks"]
+    assert n_chunks > 1 and f"re-enqueued {n_chunks} task(s)" in run_cli(["jobs", "resume", job], env, check=True).stdout
+    workers.start()
+    assert run_cli(["jobs", "wait", job, "--timeout", "300"], env, check=True).stdout.strip().endswith(f"{job} done")
+    assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id=$1", job)[0]["n"] == 4

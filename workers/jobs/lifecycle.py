@@ -42,6 +42,8 @@ class StageOutcome:
     sends: list[Send]
     report: StageReport
     seconds: float = 0.0
+    kind: str = ""  # the job's kind and the stage's name (for metrics; empty when skipped)
+    stage: str = ""
 
 
 async def _load(store: Store, job_id: str) -> tuple | None:
@@ -94,7 +96,7 @@ async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deli
     if deliveries > max_deliveries:
         reason = f"delivered {deliveries} times (limit {max_deliveries})"
         if stage.give_up is None:
-            return await _fail_chunk(store, kind, msg, ctx, f"stage {stage.name}: {reason}", t0)
+            return await _fail_chunk(store, kind, msg, ctx, stage.name, reason, t0)
         work, state = stage.give_up(ctx, reason), "gave_up"
     else:
         work = stage.run(ctx)
@@ -105,16 +107,17 @@ async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deli
             raise  # the task retries it
         # it would fail every retry the same way: fail the chunk (retryable), not the job
         log.exception("job %s chunk %s: stage %s failed", msg.job_id, msg.chunk_no, stage.name)
-        return await _fail_chunk(store, kind, msg, ctx, f"stage {stage.name}: {describe(exc)}", t0)
+        return await _fail_chunk(store, kind, msg, ctx, stage.name, describe(exc), t0)
     sends = await _advance(store, kind, spec, msg)
-    return StageOutcome(state, sends, ctx.report, time.monotonic() - t0)
+    return StageOutcome(state, sends, ctx.report, time.monotonic() - t0, kind.name, stage.name)
 
 
-async def _fail_chunk(store: Store, kind: JobKind, msg: StageTask, ctx: StageContext, error: str,
+async def _fail_chunk(store: Store, kind: JobKind, msg: StageTask, ctx: StageContext, stage: str, error: str,
                       t0: float) -> StageOutcome:
     """Fail the chunk (``jobs resume --retry-failed`` runs it again); the job goes on without it."""
-    await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, error)
-    return StageOutcome("failed", await _complete(store, kind, msg.job_id), ctx.report, time.monotonic() - t0)
+    await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, f"stage {stage}: {error}")
+    return StageOutcome("failed", await _complete(store, kind, msg.job_id), ctx.report, time.monotonic() - t0,
+                        kind.name, stage)
 
 
 async def _advance(store: Store, kind: JobKind, spec: BaseModel, msg: StageTask) -> list[Send]:

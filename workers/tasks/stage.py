@@ -1,12 +1,13 @@
 """The generic tasks every job kind runs on: one stage over one chunk, and the finalize step.
 
 A task is registered per queue (``valueflow.<queue>.stage``, ``valueflow.<queue>.finalize``) and
-routed by its name. Each body is thin: parse the message, run the lifecycle function, record the
-metrics, send what it says to send next.
+routed by its name. Each body is thin: parse the message, run the lifecycle function, send what
+it says to send next, then record the metrics (which never fail a task).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -26,14 +27,42 @@ RETRY = dict(autoretry_for=TRANSIENT, dont_autoretry_for=CLIENT_ERRORS, retry_ba
              retry_jitter=True, max_retries=8)
 
 
-def send(app, sends: list[lifecycle.Send]) -> int:
-    """Enqueue lifecycle sends over one producer connection."""
+# A worker's hand-off is committed in PostgreSQL before its message is sent, and a retried task
+# finds the chunk already moved on (it sends nothing), so the send itself rides out a broker
+# restart: about 80 s of reconnecting before it gives up (Celery's default gives up within 1 s).
+HANDOFF_RETRY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 5.0}
+log = logging.getLogger(__name__)
+
+
+def send(app, sends: list[lifecycle.Send], retry_policy: dict | None = None) -> int:
+    """Enqueue lifecycle sends over one producer connection (``retry_policy``: kombu's, for
+    reconnecting while the broker is away; None: Celery's ``task_publish_retry_policy``)."""
     if not sends:
         return 0
     with app.producer_or_acquire() as producer:
         for s in sends:
-            app.send_task(task_name(s.queue, s.what), kwargs=s.kwargs, producer=producer)
+            app.send_task(task_name(s.queue, s.what), kwargs=s.kwargs, producer=producer, retry=True,
+                          retry_policy=retry_policy)
     return len(sends)
+
+
+def hand_off(app, sends: list[lifecycle.Send], job_id: str) -> int:
+    """Send what a stage committed to sending; if the broker stays away past HANDOFF_RETRY, say
+    what was not sent and how to send it, then fail the task."""
+    try:
+        return send(app, sends, HANDOFF_RETRY)
+    except Exception:
+        log.error("job %s: %d task(s) committed in PostgreSQL could not be sent (broker unreachable): "
+                  "`valueflow jobs resume %s` sends them", job_id, len(sends), job_id)
+        raise
+
+
+def _observe(record, *args) -> None:
+    """Metrics never fail a task whose work is committed and handed off."""
+    try:
+        record(*args)
+    except Exception:  # noqa: BLE001
+        log.exception("recording metrics failed")
 
 
 def run_stage(**body) -> dict:
@@ -41,16 +70,11 @@ def run_stage(**body) -> dict:
     store = runtime.store()
     out = runtime.run(lifecycle.run_stage(store, runtime.resources, msg, load_settings().max_redeliveries,
                                           f"{socket.gethostname()}:{os.getpid()}"))
+    sent = hand_off(current_app, out.sends, msg.job_id)  # first: the chunk has moved on in PostgreSQL
     if out.state != "skipped":
-        job = runtime.run(store.job(msg.job_id))
-        if job is not None:
-            from workers.jobs.registry import get_kind
-
-            kind = get_kind(job["kind"])
-            metrics.observe_stage(kind.name, kind.stages[msg.stage].name, msg.job_id, msg.chunk_no, out.state,
-                                  out.seconds, out.report)
-    send(current_app, out.sends)
-    return {"state": out.state, "sent": len(out.sends)}
+        _observe(metrics.observe_stage, out.kind, out.stage, msg.job_id, msg.chunk_no, out.state, out.seconds,
+                 out.report)
+    return {"state": out.state, "sent": sent}
 
 
 def run_finalize(**body) -> dict:
@@ -58,9 +82,13 @@ def run_finalize(**body) -> dict:
     store = runtime.store()
     ran = runtime.run(lifecycle.run_finalize(store, runtime.resources, msg.job_id))
     if ran:
-        job = runtime.run(store.job(msg.job_id))
-        metrics.FINALIZED.labels(job["kind"] if job else "?").inc()
+        _observe(_count_finalize, store, msg.job_id)
     return {"ran": ran}
+
+
+def _count_finalize(store, job_id: str) -> None:
+    job = runtime.run(store.job(job_id))
+    metrics.FINALIZED.labels(job["kind"] if job else "?").inc()
 
 
 for _q in QUEUES:
