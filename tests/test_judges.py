@@ -134,7 +134,20 @@ def test_structured_output_falls_back_to_free_text(server):
     judge = _judge(server.url, "no-schema")
     rs = asyncio.run(_rank(judge, [WINDOW, WINDOW]))
     assert all(r.ok for r in rs)
-    assert server.server.with_schema >= 2 and judge.structured_format is None
+    # one refusal per form (json_schema, json_object), not one per window asked concurrently
+    assert server.server.with_schema == 2 and judge.structured_format is None
+
+
+def test_once_the_server_takes_a_form_the_questions_go_concurrently_again():
+    """Only the first schema-carrying request runs alone (it finds out the form); the rest of the
+    batch goes up to the concurrency limit, every one with the form the server took."""
+    with ServerThread(delay=0.05) as s:
+        windows = [[f"text {i} {j}" for j in range(4)] for i in range(40)]
+        judge = _judge(s.url, "ok", concurrency=4, structured="auto")
+        rs = asyncio.run(_rank(judge, windows))
+        assert all(r.ok for r in rs) and judge.structured_format == "json_schema"
+        assert s.server.requests == s.server.with_schema == 40 and s.server.max_in_flight == 4
+        assert {f["type"] for f in s.server.formats["ok"]} == {"json_schema"}
 
 
 def test_concurrency_limit_is_respected():

@@ -654,8 +654,9 @@ def test_an_api_judge_votes_through_the_audit_job(pg_url, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("model, used, formats, formatted, free_text", [
     ("plausibility", "json_schema", {"json_schema"}, 50, 0),  # every question carried the schema
-    # refused: each question down the ladder (json_schema, then json_object), then asked in free text
-    ("plausibility-no-schema", None, {"json_schema", "json_object"}, 100, 50),
+    # refused: one question finds out (json_schema, then json_object, each refused once) while the
+    # others wait; then every question is asked in free text
+    ("plausibility-no-schema", None, {"json_schema", "json_object"}, 2, 50),
 ])
 def test_an_api_judge_answers_the_audit_in_structured_output(pg_url, tmp_path, monkeypatch, model, used, formats,
                                                              formatted, free_text):

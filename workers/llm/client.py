@@ -6,7 +6,9 @@ buckets (:mod:`workers.llm.rate_limit`), and retries with exponential backoff an
 honoured. Other 4xx answers are final. When the caller passes a JSON schema, structured output
 (``response_format``) is used where the server accepts it: ``auto`` tries OpenAI's ``json_schema``
 form, then the ``json_object`` + ``schema`` form of llama-cpp-python's server, then free text, and
-remembers the first form the server took for the rest of the client's life.
+remembers the first form the server took for the rest of the client's life. Until then one request
+at a time carries a schema (the others wait for its verdict), so a refusing server costs one
+refused request per form, not one per question of the first concurrent batch.
 
 The client reads its settings from any config object with the fields of
 :class:`workers.judges.config.JudgeConfig` that concern transport (``name``, ``model``,
@@ -97,6 +99,10 @@ class ChatClient:
         self._rpm = TokenBucket(config.requests_per_minute)
         self._tpm = TokenBucket(config.tokens_per_minute)
         self._formats = list(FORMAT_LADDERS[getattr(config, "structured", "off")])
+        # Until the server has answered in some form, one request at a time finds out which: the
+        # others wait for it instead of each stepping down the ladder on its own.
+        self._format_known = len(self._formats) < 2
+        self._probe: asyncio.Lock | None = None
         self.calls = 0  # HTTP requests sent, for accounting and tests
 
     def _ensure_session(self) -> aiohttp.ClientSession:
@@ -108,6 +114,7 @@ class ChatClient:
             connector = aiohttp.TCPConnector(limit=self.config.concurrency)
             self._session = aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector)
             self._sem = asyncio.Semaphore(self.config.concurrency)
+            self._probe = asyncio.Lock()
         return self._session
 
     async def aclose(self) -> None:
@@ -141,6 +148,7 @@ class ChatClient:
         if len(self._formats) < 2:
             return False  # a fixed form the server refuses: nothing to fall back to
         self._formats.remove(fmt)
+        self._format_known = len(self._formats) < 2  # one form left: nothing more to find out
         return True
 
     async def chat_many(self, conversations: list[list[dict]], temperature: float, max_tokens: int,
@@ -168,11 +176,19 @@ class ChatClient:
             attempt += 1
             await self._rpm.acquire(1)
             await self._tpm.acquire(est_tokens)
+            probing = schema is not None and not self._format_known
+            if probing:
+                await self._probe.acquire()  # type: ignore[union-attr]
+                if self._format_known:  # settled while this request waited
+                    self._probe.release()  # type: ignore[union-attr]
+                    probing = False
             fmt = self._formats[0] if schema is not None else None
             try:
                 async with self._sem:  # type: ignore[union-attr]
                     text, tin, tout = await self._post(self._body(messages, temperature, max_tokens, seed, schema, fmt,
                                                                schema_name))
+                    if schema is not None:
+                        self._format_known = True  # the server took this form
                     result = ChatResult(text, tin, tout, time.monotonic() - t0, attempt)
                     if on_answer is not None:
                         await on_answer(result)
@@ -189,7 +205,13 @@ class ChatClient:
                     continue
                 last = str(exc)
                 if attempt < self.config.max_attempts:
+                    if probing:  # the others need not wait out this request's backoff
+                        self._probe.release()  # type: ignore[union-attr]
+                        probing = False
                     await asyncio.sleep(backoff_delay(attempt, exc.retry_after))
+            finally:
+                if probing:
+                    self._probe.release()  # type: ignore[union-attr]
         return ChatResult(None, 0, 0, time.monotonic() - t0, attempt, error=f"gave up after {attempt} attempts: {last}")
 
     async def _post(self, body: dict) -> tuple[str, int, int]:
