@@ -181,8 +181,8 @@ def test_two_concurrent_expansions_of_one_value_both_land_in_order(pg_url):
         try:
             rows, _ = corpus(200)
             await build_inline(store, rows[:140], references(), per_text=8)
-            fa = await expand_stages(store, rows[140:170], "exp-a", rounds=6)
-            fb = await expand_stages(store, rows[170:], "exp-b", rounds=6)
+            await expand_stages(store, rows[140:170], "exp-a", rounds=6)
+            await expand_stages(store, rows[170:], "exp-b", rounds=6)
             # both refits at once, on separate connections, while a third holds the value's lock:
             # both wait for it; a write to another value does not
             holder = await asyncpg.connect(pg_url)
