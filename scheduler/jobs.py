@@ -55,10 +55,10 @@ def _progress(job, prog, n_stages: int) -> tuple[int, int, str]:
 
 
 def stall_hint(job_id: str, seconds: float) -> str:
-    """What a watcher says when a running job stopped moving."""
-    return (f"job {job_id}: no progress for {seconds:.0f} s. Are workers consuming its queues? (`valueflow status` "
-            f"shows each queue's depth.) Tasks lost with a killed worker or a restarted Redis are sent again by "
-            f"`valueflow jobs resume {job_id}`.")
+    """What a watcher says when a running job stopped moving (no window, chunk or delivery changed)."""
+    return (f"job {job_id}: no progress for {seconds:.0f} s. A chunk or finalize step may take that long (a slow "
+            f"judge); otherwise: are workers consuming its queues? (`valueflow status` shows each queue's depth.) "
+            f"Tasks lost with a killed worker or a restarted Redis are sent again by `valueflow jobs resume {job_id}`.")
 
 
 POLL_COST_SHARE = 0.05  # a watching CLI keeps at most this share of one database core busy
@@ -101,7 +101,7 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
                        unit=unit)
             if job["state"] in FINISHED:
                 return job["state"]
-            now = (finished, prog["failed"], sorted(prog["chunks"].items()), job["state"])
+            now = (finished, prog["failed"], sorted(prog["chunks"].items()), prog["deliveries"], job["state"])
             if now != seen:
                 seen, moved_at, warned = now, time.monotonic(), False
             elif not warned and time.monotonic() - moved_at >= stall_s:

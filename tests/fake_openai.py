@@ -39,6 +39,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 
 from aiohttp import web
@@ -54,6 +55,7 @@ class FakeOpenAI:
     def __init__(self, delay: float = 0.0):
         self.delay = delay
         self.requests = 0
+        self.arrivals: list[float] = []  # time.monotonic() of every request, in arrival order
         self.in_flight = 0
         self.max_in_flight = 0
         self.seen: Counter = Counter()
@@ -65,6 +67,7 @@ class FakeOpenAI:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests += 1
+        self.arrivals.append(time.monotonic())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

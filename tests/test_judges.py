@@ -150,6 +150,20 @@ def test_once_the_server_takes_a_form_the_questions_go_concurrently_again():
         assert {f["type"] for f in s.server.formats["ok"]} == {"json_schema"}
 
 
+def test_a_failure_that_says_nothing_about_the_form_stops_the_others_waiting():
+    """Each window's first request hangs past the timeout, with no retry: the first schema-carrying
+    request (which finds out the form) times out, and the others go at once, up to the concurrency
+    limit, rather than one by one behind the probe."""
+    with ServerThread() as s:
+        windows = [[f"slow {i} {j}" for j in range(3)] for i in range(8)]
+        judge = _judge(s.url, "hang-once", concurrency=4, structured="auto", timeout_s=1.0, max_attempts=1)
+        rs = asyncio.run(_rank(judge, windows))
+        assert all(not r.ok and "timeout" in r.failure for r in rs)
+        t = s.server.arrivals
+        assert len(t) == 8
+        assert sum(1 for x in t[1:] if x - t[1] < 0.5) == 4  # right after the probe: a full concurrent wave
+
+
 def test_concurrency_limit_is_respected():
     with ServerThread(delay=0.05) as s:
         windows = [[f"text {i} {j}" for j in range(4)] for i in range(40)]

@@ -665,6 +665,7 @@ def test_a_workers_hand_off_is_sent_through_a_broker_restart(tmp_path):
     """The next stage is committed in PostgreSQL before its message is sent, and a retried task finds
     the chunk moved on and sends nothing; so the worker's send rides out a broker restart instead of
     losing the hand-off (Celery's default publish retry gives up within a second)."""
+    import base64
     import subprocess
     import threading
 
@@ -695,25 +696,36 @@ def test_a_workers_hand_off_is_sent_through_a_broker_restart(tmp_path):
             if up():
                 break
             time.sleep(0.1)
-        app = make_app(f"redis://127.0.0.1:{port}/0")
+        url = f"redis://127.0.0.1:{port}/0"
+        app = make_app(url)
         task = Send("stage", "api", {"job_id": "job-h", "chunk_no": 3, "stage": 1})
         assert send(app, [task]) == 1  # the worker's broker connection is up and used
         client.shutdown(nosave=True)
         assert not up()
         with pytest.raises(OperationalError):
             send(app, [task])  # Celery's default policy: lost while the broker is away
-        restart = threading.Timer(3.0, start_redis)
-        restart.start()
-        t0 = time.monotonic()
-        assert hand_off(app, [task], "job-h") == 1
-        restart.join()
-        assert time.monotonic() - t0 >= 2.5  # it waited for the restart
-        # the restarted broker kept nothing (no persistence): the one queued message is the hand-off
-        queued = client.lrange("api", 0, -1)
-        assert len(queued) == 1
-        message = json.loads(queued[0])
-        assert message["headers"]["task"] == "valueflow.api.stage"
-        assert json.loads(__import__("base64").b64decode(message["body"]))[1] == task.kwargs
+
+        def hand_off_across_a_restart(sender) -> None:
+            restart = threading.Timer(8.0, start_redis)
+            restart.start()
+            t0 = time.monotonic()
+            assert hand_off(sender, [task], "job-h") == 1
+            restart.join()
+            assert time.monotonic() - t0 >= 7.5  # it waited for the restart
+            # the restarted broker kept nothing (no persistence): the one queued message is the hand-off
+            queued = client.lrange("api", 0, -1)
+            assert len(queued) == 1
+            message = json.loads(queued[0])
+            assert message["headers"]["task"] == "valueflow.api.stage"
+            assert json.loads(base64.b64decode(message["body"]))[1] == task.kwargs
+            client.shutdown(nosave=True)
+            assert not up()
+
+        # down for 8 s, longer than one connection attempt's timeout (4 s): the hand-off reconnects
+        # again and again, from the app whose send just failed and from a new process's app that
+        # never connected
+        hand_off_across_a_restart(app)
+        hand_off_across_a_restart(make_app(url))
     finally:
         try:
             client.shutdown(nosave=True)

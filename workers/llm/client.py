@@ -99,9 +99,12 @@ class ChatClient:
         self._rpm = TokenBucket(config.requests_per_minute)
         self._tpm = TokenBucket(config.tokens_per_minute)
         self._formats = list(FORMAT_LADDERS[getattr(config, "structured", "off")])
-        # Until the server has answered in some form, one request at a time finds out which: the
-        # others wait for it instead of each stepping down the ladder on its own.
-        self._format_known = len(self._formats) < 2
+        # Until the server has given a verdict on the form (an answer, or a refusal that leaves one
+        # form), one request at a time finds out: the others wait for it instead of each stepping
+        # down the ladder on its own. Any other failure (a timeout, a 5xx, a 401) says nothing
+        # about the form, so the others stop waiting and go concurrently, each stepping down on
+        # a refusal as before (a slow or broken server is not also made serial).
+        self._probe_over = len(self._formats) < 2
         self._probe: asyncio.Lock | None = None
         self.calls = 0  # HTTP requests sent, for accounting and tests
 
@@ -148,7 +151,7 @@ class ChatClient:
         if len(self._formats) < 2:
             return False  # a fixed form the server refuses: nothing to fall back to
         self._formats.remove(fmt)
-        self._format_known = len(self._formats) < 2  # one form left: nothing more to find out
+        self._probe_over = len(self._formats) < 2  # one form left: nothing more to find out
         return True
 
     async def chat_many(self, conversations: list[list[dict]], temperature: float, max_tokens: int,
@@ -176,19 +179,19 @@ class ChatClient:
             attempt += 1
             await self._rpm.acquire(1)
             await self._tpm.acquire(est_tokens)
-            probing = schema is not None and not self._format_known
-            if probing:
-                await self._probe.acquire()  # type: ignore[union-attr]
-                if self._format_known:  # settled while this request waited
-                    self._probe.release()  # type: ignore[union-attr]
-                    probing = False
+            probe = self._probe if schema is not None and not self._probe_over else None
+            if probe is not None:
+                await probe.acquire()
+                if self._probe_over:  # settled while this request waited
+                    probe.release()
+                    probe = None
             fmt = self._formats[0] if schema is not None else None
             try:
                 async with self._sem:  # type: ignore[union-attr]
                     text, tin, tout = await self._post(self._body(messages, temperature, max_tokens, seed, schema, fmt,
                                                                schema_name))
                     if schema is not None:
-                        self._format_known = True  # the server took this form
+                        self._probe_over = True  # the server took this form
                     result = ChatResult(text, tin, tout, time.monotonic() - t0, attempt)
                     if on_answer is not None:
                         await on_answer(result)
@@ -198,20 +201,22 @@ class ChatClient:
                 if self._format_rejected(fmt, str(exc)):
                     attempt -= 1  # not the request's fault: ask again in the next form
                     continue
+                self._probe_over = True  # no verdict on the form: stop making the others wait
                 return ChatResult(None, 0, 0, time.monotonic() - t0, attempt, error=str(exc))
             except RetryableError as exc:
                 if self._format_rejected(fmt, str(exc)):
                     attempt -= 1
                     continue
+                self._probe_over = True
+                if probe is not None:  # the others need not wait out this request's backoff
+                    probe.release()
+                    probe = None
                 last = str(exc)
                 if attempt < self.config.max_attempts:
-                    if probing:  # the others need not wait out this request's backoff
-                        self._probe.release()  # type: ignore[union-attr]
-                        probing = False
                     await asyncio.sleep(backoff_delay(attempt, exc.retry_after))
             finally:
-                if probing:
-                    self._probe.release()  # type: ignore[union-attr]
+                if probe is not None:
+                    probe.release()
         return ChatResult(None, 0, 0, time.monotonic() - t0, attempt, error=f"gave up after {attempt} attempts: {last}")
 
     async def _post(self, body: dict) -> tuple[str, int, int]:

@@ -88,16 +88,18 @@ class JobsMixin:
             job_id, state, error, [JobState.DONE, JobState.CANCELLED, JobState.FAILED])
 
     async def job_progress(self, job_id: str) -> dict[str, Any]:
-        """Windows by state, chunks by (stage, state), scores written."""
+        """Windows by state, chunks by (stage, state), their deliveries so far, scores written."""
         w = await self.pool.fetchrow(
             "SELECT count(*) FILTER (WHERE state = 'done') AS done,"
             " count(*) FILTER (WHERE state = 'failed') AS failed,"
             " count(*) AS total FROM windows WHERE job_id = $1", job_id)
         chunks = await self.pool.fetch(
-            "SELECT stage, state, count(*) AS n FROM chunks WHERE job_id = $1 GROUP BY stage, state", job_id)
+            "SELECT stage, state, count(*) AS n, sum(deliveries) AS d FROM chunks WHERE job_id = $1 GROUP BY stage, state",
+            job_id)
         scored = await self.pool.fetchval("SELECT count(*) FROM scores WHERE job_id = $1", job_id)
         return {"done": w["done"], "failed": w["failed"], "total": w["total"], "scored": scored,
-                "chunks": {(r["stage"], r["state"]): r["n"] for r in chunks}}
+                "chunks": {(r["stage"], r["state"]): r["n"] for r in chunks},
+                "deliveries": sum(int(r["d"] or 0) for r in chunks)}
 
     async def telemetry(self, job_id: str) -> dict[str, Any]:
         """Judge telemetry of a job: calls, tokens, latency percentiles, failures by cause, rate."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 from celery import current_app, shared_task
+from kombu.exceptions import OperationalError
 
 from schemas.messages import FinalizeTask, StageTask
 from schemas.settings import load_settings
@@ -29,8 +31,12 @@ RETRY = dict(autoretry_for=TRANSIENT, dont_autoretry_for=CLIENT_ERRORS, retry_ba
 
 # A worker's hand-off is committed in PostgreSQL before its message is sent, and a retried task
 # finds the chunk already moved on (it sends nothing), so the send itself rides out a broker
-# restart: about 80 s of reconnecting before it gives up (Celery's default gives up within 1 s).
-HANDOFF_RETRY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 5.0}
+# restart: it keeps reconnecting for HANDOFF_PATIENCE_S before it gives up (Celery's default
+# publish retry gives up within a second, and a connection that is not up yet is tried once, for
+# ``broker_connection_timeout``). A message sent twice (a publish whose confirmation was lost) is a
+# duplicate delivery, which sends nothing further.
+HANDOFF_PATIENCE_S = 80.0
+HANDOFF_RETRY = {"max_retries": 5, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
 log = logging.getLogger(__name__)
 
 
@@ -46,15 +52,26 @@ def send(app, sends: list[lifecycle.Send], retry_policy: dict | None = None) -> 
     return len(sends)
 
 
-def hand_off(app, sends: list[lifecycle.Send], job_id: str) -> int:
-    """Send what a stage committed to sending; if the broker stays away past HANDOFF_RETRY, say
-    what was not sent and how to send it, then fail the task."""
-    try:
-        return send(app, sends, HANDOFF_RETRY)
-    except Exception:
-        log.error("job %s: %d task(s) committed in PostgreSQL could not be sent (broker unreachable): "
-                  "`valueflow jobs resume %s` sends them", job_id, len(sends), job_id)
-        raise
+def hand_off(app, sends: list[lifecycle.Send], job_id: str, patience_s: float = HANDOFF_PATIENCE_S) -> int:
+    """Send what a stage committed to sending, one message at a time, reconnecting for up to
+    ``patience_s`` while the broker is away; past that, say what was not sent and how to send it,
+    then fail the task."""
+    deadline = time.monotonic() + patience_s
+    for i, s in enumerate(sends):
+        delay = 0.5
+        while True:
+            try:
+                send(app, [s], HANDOFF_RETRY)
+                break
+            except OperationalError:
+                if time.monotonic() + delay > deadline:
+                    log.error("job %s: %d task(s) committed in PostgreSQL could not be sent (broker unreachable for "
+                              "%.0f s): `valueflow jobs resume %s` sends them", job_id, len(sends) - i, patience_s,
+                              job_id)
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+    return len(sends)
 
 
 def _observe(record, *args) -> None:
