@@ -148,6 +148,8 @@ def test_once_the_server_takes_a_form_the_questions_go_concurrently_again():
         assert all(r.ok for r in rs) and judge.structured_format == "json_schema"
         assert s.server.requests == s.server.with_schema == 40 and s.server.max_in_flight == 4
         assert {f["type"] for f in s.server.formats["ok"]} == {"json_schema"}
+        t = s.server.arrivals  # the first request went alone (answered after 0.05 s), then a full wave
+        assert t[1] - t[0] >= 0.04 and sum(1 for x in t[1:] if x - t[1] < 0.045) == 4
 
 
 def test_a_failure_that_says_nothing_about_the_form_stops_the_others_waiting():
