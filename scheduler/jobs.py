@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from schemas.states import FINISHED, JobState
 from workers.jobs import lifecycle
@@ -66,14 +66,16 @@ POLL_MAX_S = 15.0  # ... but looks at least this often
 
 
 async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5,
-               timeout_s: float | None = None, stall_s: float | None = None) -> str:
+               timeout_s: float | None = None, stall_s: float | None = None,
+               on_stall: Callable[[], Awaitable[str]] | None = None) -> str:
     """Block until the job is finished; a live bar shows windows (or chunk-stages), their rate and ETA.
     When nothing moves for ``stall_s`` seconds (default ``VALUEFLOW_STALL_WARN_S``) it says so, once
-    per stall, on stderr: no worker on the job's queues, or tasks lost (``jobs resume``)."""
+    per stall, on stderr: no worker on the job's queues, or tasks lost (``jobs resume``); then awaits
+    ``on_stall`` (if given) and prints what it returns."""
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from schemas.settings import load_settings
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     start = time.monotonic()
     job = await store.job(job_id)
@@ -108,6 +110,8 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
                 bar.console.print(stall_hint(job_id, time.monotonic() - moved_at), style="yellow", soft_wrap=True,
                                   markup=False)
                 warned = True
+                if on_stall is not None:
+                    bar.console.print(await on_stall(), soft_wrap=True, markup=False)
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 return job["state"]
             # counting a job's windows costs O(windows): a poll of a 10⁶-window job takes the database

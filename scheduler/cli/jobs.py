@@ -89,14 +89,21 @@ def jobs_status(job_id: str, wait: bool, as_json: bool) -> None:
 @jobs.command("wait")
 @click.argument("job_id")
 @click.option("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
-def jobs_wait(job_id: str, timeout: float | None) -> None:
+@click.option("--resume-stalled", is_flag=True,
+              help="when the job has not moved for VALUEFLOW_STALL_WARN_S seconds, re-enqueue what is missing "
+                   "(as `jobs resume`; once per stall): unattended recovery after a restarted Redis or a killed worker")
+def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool) -> None:
     """Block until the job finishes; exit 1 if it failed or was cancelled."""
     async def go(store):
         from scheduler import jobs as J
 
         if await store.job(job_id) is None:
             raise click.ClickException(f"no job {job_id!r}")
-        state = await J.wait(store, job_id, timeout_s=timeout)
+        app = celery_app(resolve_urls()[1]) if resume_stalled else None
+
+        async def resume() -> str:
+            return f"re-enqueued {await J.resume(store, app, job_id)} task(s) of {job_id}"
+        state = await J.wait(store, job_id, timeout_s=timeout, on_stall=resume if resume_stalled else None)
         click.echo(f"{job_id} {state}")
         if state != "done":
             raise SystemExit(1)
