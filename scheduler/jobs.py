@@ -31,9 +31,9 @@ async def submit(store: Store, app, kind: JobKind, spec, plan: lifecycle.Planner
     return job_id
 
 
-async def resume(store: Store, app, job_id: str, retry_failed: bool = False) -> int:
+async def resume(store: Store, app, job_id: str, retry_failed: bool = False, unstarted_only: bool = False) -> int:
     """Re-enqueue only what is missing; duplicates of tasks still queued are harmless (idempotent)."""
-    return send(app, await lifecycle.resume(store, job_id, retry_failed))
+    return send(app, await lifecycle.resume(store, job_id, retry_failed, unstarted_only))
 
 
 async def cancel(store: Store, job_id: str) -> None:
@@ -71,7 +71,8 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
     """Block until the job is finished; a live bar shows windows (or chunk-stages), their rate and ETA.
     When nothing moves for ``stall_s`` seconds (default ``VALUEFLOW_STALL_WARN_S``) it says so, once
     per stall, on stderr: no worker on the job's queues, or tasks lost (``jobs resume``); then awaits
-    ``on_stall`` (if given) and prints what it returns."""
+    ``on_stall`` (if given) and prints what it returns. If ``on_stall`` fails (the broker is down,
+    say), that is printed and the watcher tries again after another ``stall_s``."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -111,7 +112,12 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
                                   markup=False)
                 warned = True
                 if on_stall is not None:
-                    bar.console.print(await on_stall(), soft_wrap=True, markup=False)
+                    try:
+                        said = await on_stall()
+                    except Exception as exc:  # noqa: BLE001 - reported; the watcher goes on
+                        said = f"resume failed: {type(exc).__name__}: {exc}"
+                        moved_at, warned = time.monotonic(), False  # try again after another stall_s
+                    bar.console.print(said, soft_wrap=True, markup=False)
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 return job["state"]
             # counting a job's windows costs O(windows): a poll of a 10⁶-window job takes the database

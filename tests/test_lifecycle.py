@@ -736,7 +736,7 @@ def test_a_workers_hand_off_is_sent_through_a_broker_restart(tmp_path):
 def test_waiting_on_a_stalled_job_says_why_and_resume_stalled_finishes_it(env, workers, tmp_path, redis_url, pg_url):
     """A job whose tasks are gone (Redis restarted without persistence) never moves again; a watcher
     says so after VALUEFLOW_STALL_WARN_S, once, naming the command that sends them again; with
-    ``--resume-stalled`` it sends them itself and the job finishes, every window judged once."""
+    ``--resume-stalled`` it sends them itself and the job finishes, every chunk's stage run once."""
     import redis as redis_lib
 
     inp = tmp_path / "in.jsonl"
@@ -761,9 +761,46 @@ def test_waiting_on_a_stalled_job_says_why_and_resume_stalled_finishes_it(env, w
     healed = run_cli(["jobs", "wait", job, "--resume-stalled", "--timeout", "300"], {**env, "VALUEFLOW_STALL_WARN_S": "2"})
     assert healed.returncode == 0 and healed.stdout.strip().endswith(f"{job} done"), healed.stderr
     resumed = [ln for ln in healed.stderr.splitlines() if "re-enqueued" in ln]
-    # the first stall re-sent every chunk; a worker still loading its model may stall it again (2 s),
-    # and the duplicates that sends are harmless: each window is still judged once (below)
     assert n_chunks > 1 and resumed[0] == f"re-enqueued {n_chunks} task(s) of {job}"
     assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id=$1", job)[0]["n"] == 4
+    # a later stall (the worker loading its model) re-sends only chunks no worker had started, so no
+    # chunk's stage ran twice
+    ran = [json.loads(ln) for ln in workers.logs().splitlines() if ln.startswith('{"event": "chunk"')]
+    assert sorted((r["chunk"], r["stage"]) for r in ran if r["job"] == job) == sorted(
+        (c, st) for c in range(n_chunks) for st in ("judge", "score"))
     per_window = _q(pg_url, "SELECT count(*) AS n FROM comparisons WHERE job_id=$1 GROUP BY window_id", job)
     assert len(per_window) == 12 and all(r["n"] == 1 for r in per_window)
+
+
+def test_resume_stalled_sends_only_unstarted_chunks_and_a_failed_resume_is_tried_again(env, tmp_path, pg_url):
+    """A started chunk may still be running on a slow worker: the unattended resume leaves it alone
+    (``jobs resume`` by hand sends every pending chunk). A resume that fails (the broker is down)
+    is reported and tried again after another stall, not a traceback."""
+    from workers.jobs import lifecycle
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            sends = await _scoring_job(store, TEXTS[:4], chunk_size=4)
+            chunks = [s.kwargs["chunk_no"] for s in sends]
+            assert len(chunks) > 2
+            assert await store.begin_stage("job-1", 1, 0, "w:1") == (1, "running")  # chunk 1 is being judged
+            every = await lifecycle.resume(store, "job-1")
+            unstarted = await lifecycle.resume(store, "job-1", unstarted_only=True)
+            assert [s.kwargs["chunk_no"] for s in every] == chunks
+            assert [s.kwargs["chunk_no"] for s in unstarted] == [c for c in chunks if c != 1]
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+    inp = tmp_path / "in.jsonl"
+    _write_inputs(inp, TEXTS[:2])
+    job = _submit(env, inp, "--value", "care-harm")
+    from workers.infra.embedded import free_port
+
+    down = {**env, "VALUEFLOW_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0", "VALUEFLOW_STALL_WARN_S": "1"}
+    res = run_cli(["jobs", "wait", job, "--resume-stalled", "--timeout", "12"], down, timeout=120)
+    assert res.returncode == 1 and res.stdout.strip().endswith(f"{job} running")
+    failed = [ln for ln in res.stderr.splitlines() if ln.startswith("resume failed: ")]
+    assert len(failed) >= 2 and "Traceback" not in res.stderr  # reported, and tried again

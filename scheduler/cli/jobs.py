@@ -90,8 +90,9 @@ def jobs_status(job_id: str, wait: bool, as_json: bool) -> None:
 @click.argument("job_id")
 @click.option("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
 @click.option("--resume-stalled", is_flag=True,
-              help="when the job has not moved for VALUEFLOW_STALL_WARN_S seconds, re-enqueue what is missing "
-                   "(as `jobs resume`; once per stall): unattended recovery after a restarted Redis or a killed worker")
+              help="when the job has not moved for VALUEFLOW_STALL_WARN_S seconds, re-enqueue its chunks that no "
+                   "worker has started (tasks a restarted Redis lost) and a lost finalize, once per stall; a started "
+                   "chunk of a killed worker comes back after VALUEFLOW_VISIBILITY_TIMEOUT, or at once with `jobs resume`")
 def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool) -> None:
     """Block until the job finishes; exit 1 if it failed or was cancelled."""
     async def go(store):
@@ -102,7 +103,7 @@ def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool) -> None:
         app = celery_app(resolve_urls()[1]) if resume_stalled else None
 
         async def resume() -> str:
-            return f"re-enqueued {await J.resume(store, app, job_id)} task(s) of {job_id}"
+            return f"re-enqueued {await J.resume(store, app, job_id, unstarted_only=True)} task(s) of {job_id}"
         state = await J.wait(store, job_id, timeout_s=timeout, on_stall=resume if resume_stalled else None)
         click.echo(f"{job_id} {state}")
         if state != "done":

@@ -171,9 +171,12 @@ async def run_finalize(store: Store, resources: Resources, job_id: str) -> bool:
 
 
 # -- resume ------------------------------------------------------------------------------------------
-async def resume(store: Store, job_id: str, retry_failed: bool = False) -> list[Send]:
+async def resume(store: Store, job_id: str, retry_failed: bool = False, unstarted_only: bool = False) -> list[Send]:
     """What to enqueue so the job finishes: pending chunks at their stage, a lost completion claim,
-    or a finalize step. With ``retry_failed``, failed windows and chunks are made pending first."""
+    or a finalize step. With ``retry_failed``, failed windows and chunks are made pending first.
+    With ``unstarted_only``, only chunks no worker has started in their stage (``deliveries = 0``:
+    their task was lost in the queue or never sent); a started one may still be running, and if
+    its worker died Redis delivers it again after the visibility timeout."""
     loaded = await _load(store, job_id)
     if loaded is None:
         raise ValueError(f"no job {job_id!r}")
@@ -191,6 +194,8 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False) -> list[
     chunks = await store.pending_chunks(job_id)
     if not chunks:
         return await _complete(store, kind, job_id)
+    if unstarted_only:
+        chunks = [c for c in chunks if c["deliveries"] == 0]
     return [Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
                  StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump()) for c in chunks]
 

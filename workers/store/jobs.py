@@ -190,7 +190,7 @@ class JobsMixin:
 
     async def pending_chunks(self, job_id: str) -> list[asyncpg.Record]:
         return await self.pool.fetch(
-            "SELECT chunk_no, stage FROM chunks WHERE job_id = $1 AND state = $2 ORDER BY chunk_no",
+            "SELECT chunk_no, stage, deliveries FROM chunks WHERE job_id = $1 AND state = $2 ORDER BY chunk_no",
             job_id, ChunkState.PENDING)
 
     async def reset_failed(self, job_id: str, window_stage: int, reset_items=None) -> dict[str, int]:

@@ -42,13 +42,18 @@ log = logging.getLogger(__name__)
 
 def send(app, sends: list[lifecycle.Send], retry_policy: dict | None = None) -> int:
     """Enqueue lifecycle sends over one producer connection (``retry_policy``: kombu's, for
-    reconnecting while the broker is away; None: Celery's ``task_publish_retry_policy``)."""
+    reconnecting while the broker is away; None: Celery's ``task_publish_retry_policy``).
+
+    ``ignore_result``: nobody waits on a lifecycle task's result (progress lives in PostgreSQL), and
+    without it Celery subscribes to each task's result channel before publishing, one more Redis
+    round trip per task, and one that fails with a RuntimeError, not a broker error, while Redis is
+    away."""
     if not sends:
         return 0
     with app.producer_or_acquire() as producer:
         for s in sends:
             app.send_task(task_name(s.queue, s.what), kwargs=s.kwargs, producer=producer, retry=True,
-                          retry_policy=retry_policy)
+                          retry_policy=retry_policy, ignore_result=True)
     return len(sends)
 
 
