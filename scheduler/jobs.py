@@ -31,9 +31,9 @@ async def submit(store: Store, app, kind: JobKind, spec, plan: lifecycle.Planner
     return job_id
 
 
-async def resume(store: Store, app, job_id: str, retry_failed: bool = False, unstarted_only: bool = False) -> int:
+async def resume(store: Store, app, job_id: str, retry_failed: bool = False, dead_after_s: float | None = None) -> int:
     """Re-enqueue only what is missing; duplicates of tasks still queued are harmless (idempotent)."""
-    return send(app, await lifecycle.resume(store, job_id, retry_failed, unstarted_only))
+    return send(app, await lifecycle.resume(store, job_id, retry_failed, dead_after_s))
 
 
 async def cancel(store: Store, job_id: str) -> None:
@@ -67,12 +67,13 @@ POLL_MAX_S = 15.0  # ... but looks at least this often
 
 async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5,
                timeout_s: float | None = None, stall_s: float | None = None,
-               on_stall: Callable[[], Awaitable[str]] | None = None) -> str:
+               on_stall: Callable[[], Awaitable[tuple[str, bool]]] | None = None) -> str:
     """Block until the job is finished; a live bar shows windows (or chunk-stages), their rate and ETA.
     When nothing moves for ``stall_s`` seconds (default ``VALUEFLOW_STALL_WARN_S``) it says so, once
     per stall, on stderr: no worker on the job's queues, or tasks lost (``jobs resume``); then awaits
-    ``on_stall`` (if given) and prints what it returns. If ``on_stall`` fails (the broker is down,
-    say), that is printed and the watcher tries again after another ``stall_s``."""
+    ``on_stall`` (if given), which returns what to print and whether to try again after another
+    ``stall_s`` even if nothing moves (it found nothing to do yet). If it fails (the broker is down,
+    say), that is printed and it is tried again after another ``stall_s``."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -113,10 +114,11 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
                 warned = True
                 if on_stall is not None:
                     try:
-                        said = await on_stall()
+                        said, again = await on_stall()
                     except Exception as exc:  # noqa: BLE001 - reported; the watcher goes on
-                        said = f"resume failed: {type(exc).__name__}: {exc}"
-                        moved_at, warned = time.monotonic(), False  # try again after another stall_s
+                        said, again = f"resume failed: {type(exc).__name__}: {exc}", True
+                    if again:  # try again after another stall_s
+                        moved_at, warned = time.monotonic(), False
                     bar.console.print(said, soft_wrap=True, markup=False)
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 return job["state"]

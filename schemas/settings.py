@@ -90,6 +90,7 @@ class Settings:
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # longest input text accepted
     judge_views: int = DEFAULT_JUDGE_VIEWS  # judges a worker keeps for jobs' VIDB views
     stall_warn_s: int = 600  # a watched job that moves no further for this long gets a hint
+    heartbeat_s: int = 15  # a worker process says it is alive this often; silent for 4 beats = dead
 
     @property
     def embedded(self) -> bool:
@@ -123,4 +124,5 @@ def load_settings() -> Settings:
         max_text_chars=max_text_chars(),
         judge_views=judge_views(),
         stall_warn_s=_int("VALUEFLOW_STALL_WARN_S", 600),
+        heartbeat_s=_int("VALUEFLOW_HEARTBEAT_S", 15),
     )

@@ -772,10 +772,11 @@ def test_waiting_on_a_stalled_job_says_why_and_resume_stalled_finishes_it(env, w
     assert len(per_window) == 12 and all(r["n"] == 1 for r in per_window)
 
 
-def test_resume_stalled_sends_only_unstarted_chunks_and_a_failed_resume_is_tried_again(env, tmp_path, pg_url):
-    """A started chunk may still be running on a slow worker: the unattended resume leaves it alone
-    (``jobs resume`` by hand sends every pending chunk). A resume that fails (the broker is down)
-    is reported and tried again after another stall, not a traceback."""
+def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_again(env, tmp_path, pg_url):
+    """A started chunk may still be running on a slow worker: the unattended resume re-sends it only
+    when the process that started it has stopped beating (``jobs resume`` by hand sends every
+    pending chunk). A resume that fails (the broker is down) is reported and tried again after
+    another stall, not a traceback."""
     from workers.jobs import lifecycle
 
     async def go():
@@ -785,10 +786,18 @@ def test_resume_stalled_sends_only_unstarted_chunks_and_a_failed_resume_is_tried
             chunks = [s.kwargs["chunk_no"] for s in sends]
             assert len(chunks) > 2
             assert await store.begin_stage("job-1", 1, 0, "w:1") == (1, "running")  # chunk 1 is being judged
-            every = await lifecycle.resume(store, "job-1")
-            unstarted = await lifecycle.resume(store, "job-1", unstarted_only=True)
-            assert [s.kwargs["chunk_no"] for s in every] == chunks
-            assert [s.kwargs["chunk_no"] for s in unstarted] == [c for c in chunks if c != 1]
+
+            async def lost():
+                return [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1", dead_after_s=4)]
+
+            others = [c for c in chunks if c != 1]
+            assert [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1")] == chunks
+            assert await lost() == others  # just started: left alone
+            await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s' WHERE chunk_no = 1")
+            await store.heartbeat(["w:1"])
+            assert await lost() == others  # started 10 s ago, by a process alive now: still running
+            await store.pool.execute("UPDATE worker_heartbeats SET seen_at = now() - interval '5 s'")
+            assert await lost() == chunks  # its process has been silent for 4 beats: died with it
         finally:
             await store.close()
 
@@ -804,3 +813,52 @@ def test_resume_stalled_sends_only_unstarted_chunks_and_a_failed_resume_is_tried
     assert res.returncode == 1 and res.stdout.strip().endswith(f"{job} running")
     failed = [ln for ln in res.stderr.splitlines() if ln.startswith("resume failed: ")]
     assert len(failed) >= 2 and "Traceback" not in res.stderr  # reported, and tried again
+
+
+def test_resume_stalled_re_sends_the_chunk_of_a_killed_worker(env, workers, tmp_path, pg_url):
+    """A worker SIGKILLed mid-chunk leaves its task unacknowledged in Redis (delivered again only
+    after the visibility timeout, hours). Its processes stop beating; the watcher sees the job
+    stall, finds the chunk's process silent for 4 beats, and re-sends that chunk to a live worker;
+    the job finishes, every chunk's stage run to completion once."""
+    import socket
+
+    inp = tmp_path / "in.jsonl"
+    _write_inputs(inp, TEXTS[:4])
+    env["VALUEFLOW_HEARTBEAT_S"] = "1"
+    with ServerThread(delay=3.0) as srv:
+        env["VALUEFLOW_JUDGES_FILE"] = str(_judges_file(tmp_path, srv.url, slow={"model": "ok"}))
+        first = workers.start(queues="api,refit")
+        job = _submit(env, inp, "--value", "care-harm", "--judge", "slow", "--chunk-size", "3")
+        started = []
+        for _ in range(600):
+            started = _q(pg_url, "SELECT chunk_no, last_worker FROM chunks WHERE job_id=$1 AND state='pending'"
+                                 " AND stage=0 AND deliveries > 0", job)
+            if started:
+                break
+            time.sleep(0.2)
+        assert len(started) == 1
+        killed, process = started[0]["chunk_no"], started[0]["last_worker"]
+        # the worker's main process and the pool process judging the chunk both beat (the pool
+        # process from the first beat after it was forked)
+        alive = {f"{socket.gethostname()}:{first.pid}", process}
+        for _ in range(50):
+            beats = {r["process"] for r in _q(pg_url, "SELECT process FROM worker_heartbeats"
+                                                      " WHERE seen_at > now() - interval '2 s'")}
+            if alive <= beats:
+                break
+            time.sleep(0.1)
+        assert alive <= beats
+        workers.kill(first)
+        workers.start(queues="api,refit")
+        healed = run_cli(["jobs", "wait", job, "--resume-stalled", "--timeout", "240"],
+                         {**env, "VALUEFLOW_STALL_WARN_S": "2"}, timeout=300)
+    assert healed.returncode == 0 and healed.stdout.strip().endswith(f"{job} done"), healed.stderr
+    assert any(ln.startswith("re-enqueued ") and not ln.startswith("re-enqueued 0 ") for ln in healed.stderr.splitlines())
+    w = _q(pg_url, "SELECT state, count(*) AS n FROM windows WHERE job_id=$1 GROUP BY state", job)
+    assert {r["state"]: r["n"] for r in w} == {"done": 12}
+    assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id=$1", job)[0]["n"] == 4
+    ran = [json.loads(ln) for ln in workers.logs().splitlines() if ln.startswith('{"event": "chunk"')]
+    done = sorted((r["chunk"], r["stage"]) for r in ran if r["job"] == job)
+    n_chunks = _q(pg_url, "SELECT n_chunks FROM jobs WHERE id=$1", job)[0]["n_chunks"]
+    assert done == sorted((c, st) for c in range(n_chunks) for st in ("judge", "score"))
+    assert (killed, "judge") in done  # the killed worker's chunk, finished by the other one

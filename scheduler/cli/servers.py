@@ -87,7 +87,11 @@ def worker(queues: str, concurrency: int, pool: str, loglevel: str, metrics_port
         from workers.tasks import metrics
 
         metrics.serve(metrics_port)
-    _, broker = resolve_urls()
+    from schemas.settings import load_settings
+    from workers.tasks import heartbeat
+
+    database, broker = resolve_urls()
+    heartbeat.start(database, load_settings().heartbeat_s)
     app = celery_app(broker)
     app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--pool", pool, "-l", loglevel,
                      "-n", f"vf{os.getpid()}@%h", "--without-gossip", "--without-mingle", *(["-E"] if events else [])])

@@ -171,12 +171,11 @@ async def run_finalize(store: Store, resources: Resources, job_id: str) -> bool:
 
 
 # -- resume ------------------------------------------------------------------------------------------
-async def resume(store: Store, job_id: str, retry_failed: bool = False, unstarted_only: bool = False) -> list[Send]:
+async def resume(store: Store, job_id: str, retry_failed: bool = False, dead_after_s: float | None = None) -> list[Send]:
     """What to enqueue so the job finishes: pending chunks at their stage, a lost completion claim,
     or a finalize step. With ``retry_failed``, failed windows and chunks are made pending first.
-    With ``unstarted_only``, only chunks no worker has started in their stage (``deliveries = 0``:
-    their task was lost in the queue or never sent); a started one may still be running, and if
-    its worker died Redis delivers it again after the visibility timeout."""
+    With ``dead_after_s``, only the chunks that are lost (:meth:`Store.pending_chunks`): a chunk a
+    live worker has started may still be running, and is left alone."""
     loaded = await _load(store, job_id)
     if loaded is None:
         raise ValueError(f"no job {job_id!r}")
@@ -191,11 +190,9 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, unstarte
         return [Send("finalize", kind.finalize_queue, {"job_id": job_id})]
     if state != JobState.RUNNING:
         return []
-    chunks = await store.pending_chunks(job_id)
-    if not chunks:
+    if not await store.pending_chunks(job_id):
         return await _complete(store, kind, job_id)
-    if unstarted_only:
-        chunks = [c for c in chunks if c["deliveries"] == 0]
+    chunks = await store.pending_chunks(job_id, dead_after_s)
     return [Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
                  StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump()) for c in chunks]
 
