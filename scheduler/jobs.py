@@ -31,9 +31,9 @@ async def submit(store: Store, app, kind: JobKind, spec, plan: lifecycle.Planner
     return job_id
 
 
-async def resume(store: Store, app, job_id: str, retry_failed: bool = False, dead_after_s: float | None = None) -> int:
+async def resume(store: Store, app, job_id: str, retry_failed: bool = False, lost_after_s: float | None = None) -> int:
     """Re-enqueue only what is missing; duplicates of tasks still queued are harmless (idempotent)."""
-    return send(app, await lifecycle.resume(store, job_id, retry_failed, dead_after_s))
+    return send(app, await lifecycle.resume(store, job_id, retry_failed, lost_after_s))
 
 
 async def cancel(store: Store, job_id: str) -> None:

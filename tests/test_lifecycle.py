@@ -774,7 +774,7 @@ def test_waiting_on_a_stalled_job_says_why_and_resume_stalled_finishes_it(env, w
 
 def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_again(env, tmp_path, pg_url):
     """A started chunk may still be running on a slow worker: the unattended resume re-sends it only
-    when the process that started it has stopped beating (``jobs resume`` by hand sends every
+    when the heartbeat of the process that started it expired (``jobs resume`` by hand sends every
     pending chunk). A resume that fails (the broker is down) is reported and tried again after
     another stall, not a traceback."""
     from workers.jobs import lifecycle
@@ -788,16 +788,18 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             assert await store.begin_stage("job-1", 1, 0, "w:1") == (1, "running")  # chunk 1 is being judged
 
             async def lost():
-                return [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1", dead_after_s=4)]
+                return [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1", lost_after_s=4)]
 
             others = [c for c in chunks if c != 1]
             assert [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1")] == chunks
-            assert await lost() == others  # just started: left alone
+            assert await lost() == others  # just started, its process not beating yet: left alone
+            await store.heartbeat(["w:1"], 4)
             await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s' WHERE chunk_no = 1")
-            await store.heartbeat(["w:1"])
             assert await lost() == others  # started 10 s ago, by a process alive now: still running
-            await store.pool.execute("UPDATE worker_heartbeats SET seen_at = now() - interval '5 s'")
-            assert await lost() == chunks  # its process has been silent for 4 beats: died with it
+            await store.pool.execute("UPDATE worker_heartbeats SET expires_at = now() - interval '1 s'")
+            assert await lost() == chunks  # its process's heartbeat expired: it died with the chunk
+            await store.pool.execute("DELETE FROM worker_heartbeats")
+            assert await lost() == chunks  # a process that never beat (an older worker), 10 s ago
         finally:
             await store.close()
 
@@ -820,7 +822,9 @@ def test_resume_stalled_re_sends_the_chunk_of_a_killed_worker(env, workers, tmp_
     after the visibility timeout, hours). Its processes stop beating; the watcher sees the job
     stall, finds the chunk's process silent for 4 beats, and re-sends that chunk to a live worker;
     the job finishes, every chunk's stage run to completion once."""
-    import socket
+    import psutil
+
+    from workers.tasks.heartbeat import process_name
 
     inp = tmp_path / "in.jsonl"
     _write_inputs(inp, TEXTS[:4])
@@ -840,7 +844,7 @@ def test_resume_stalled_re_sends_the_chunk_of_a_killed_worker(env, workers, tmp_
         killed, process = started[0]["chunk_no"], started[0]["last_worker"]
         # the worker's main process and the pool process judging the chunk both beat (the pool
         # process from the first beat after it was forked)
-        alive = {f"{socket.gethostname()}:{first.pid}", process}
+        alive = {process_name(psutil.Process(first.pid)), process}
         for _ in range(50):
             beats = {r["process"] for r in _q(pg_url, "SELECT process FROM worker_heartbeats"
                                                       " WHERE seen_at > now() - interval '2 s'")}

@@ -90,9 +90,9 @@ def jobs_status(job_id: str, wait: bool, as_json: bool) -> None:
 @click.argument("job_id")
 @click.option("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
 @click.option("--resume-stalled", is_flag=True,
-              help="when the job has not moved for VALUEFLOW_STALL_WARN_S seconds, re-enqueue what is lost, once per "
-                   "stall: chunks no worker started (tasks a restarted Redis lost), chunks whose worker process died "
-                   "(silent for 4 VALUEFLOW_HEARTBEAT_S beats), a lost finalize; a chunk a live worker runs is left alone")
+              help="each time the job has not moved for VALUEFLOW_STALL_WARN_S seconds, re-enqueue what is lost: chunks "
+                   "no worker started (tasks a restarted Redis lost), chunks whose worker process died (its heartbeat "
+                   "expired), a lost finalize; a chunk a live worker runs is left alone")
 def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool) -> None:
     """Block until the job finishes; exit 1 if it failed or was cancelled."""
     async def go(store):
@@ -105,7 +105,7 @@ def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool) -> None:
         app = celery_app(resolve_urls()[1]) if resume_stalled else None
 
         async def resume() -> tuple[str, bool]:
-            n = await J.resume(store, app, job_id, dead_after_s=heartbeat.BEATS_TO_DEAD * load_settings().heartbeat_s)
+            n = await J.resume(store, app, job_id, lost_after_s=heartbeat.BEATS_TO_DEAD * load_settings().heartbeat_s)
             return f"re-enqueued {n} task(s) of {job_id}", n == 0  # nothing lost yet: look again next stall
         state = await J.wait(store, job_id, timeout_s=timeout, on_stall=resume if resume_stalled else None)
         click.echo(f"{job_id} {state}")

@@ -171,10 +171,10 @@ async def run_finalize(store: Store, resources: Resources, job_id: str) -> bool:
 
 
 # -- resume ------------------------------------------------------------------------------------------
-async def resume(store: Store, job_id: str, retry_failed: bool = False, dead_after_s: float | None = None) -> list[Send]:
+async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_after_s: float | None = None) -> list[Send]:
     """What to enqueue so the job finishes: pending chunks at their stage, a lost completion claim,
     or a finalize step. With ``retry_failed``, failed windows and chunks are made pending first.
-    With ``dead_after_s``, only the chunks that are lost (:meth:`Store.pending_chunks`): a chunk a
+    With ``lost_after_s``, only the chunks that are lost (:meth:`Store.pending_chunks`): a chunk a
     live worker has started may still be running, and is left alone."""
     loaded = await _load(store, job_id)
     if loaded is None:
@@ -192,7 +192,7 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, dead_aft
         return []
     if not await store.pending_chunks(job_id):
         return await _complete(store, kind, job_id)
-    chunks = await store.pending_chunks(job_id, dead_after_s)
+    chunks = await store.pending_chunks(job_id, lost_after_s)
     return [Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
                  StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump()) for c in chunks]
 

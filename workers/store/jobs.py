@@ -188,28 +188,31 @@ class JobsMixin:
             state = await conn.fetchval("SELECT state FROM jobs WHERE id = $1 FOR UPDATE", job_id)
             yield conn if state == JobState.FINALIZING else None
 
-    async def pending_chunks(self, job_id: str, dead_after_s: float | None = None) -> list[asyncpg.Record]:
-        """Pending chunks (their stage); with ``dead_after_s``, only the lost ones: never started in
+    async def pending_chunks(self, job_id: str, lost_after_s: float | None = None) -> list[asyncpg.Record]:
+        """Pending chunks (their stage); with ``lost_after_s``, only the lost ones: never started in
         their stage (their task was lost in the queue, or never sent), or started by a worker
-        process that has not said it is alive for that long (nor has the chunk moved since)."""
-        if dead_after_s is None:
+        process whose heartbeat expired (it died), or by one that never beat (a worker older than
+        heartbeats) ``lost_after_s`` ago or more."""
+        if lost_after_s is None:
             return await self.pool.fetch(
                 "SELECT chunk_no, stage FROM chunks WHERE job_id = $1 AND state = $2 ORDER BY chunk_no",
                 job_id, ChunkState.PENDING)
         return await self.pool.fetch(
             "SELECT c.chunk_no, c.stage FROM chunks c LEFT JOIN worker_heartbeats h ON h.process = c.last_worker"
-            " WHERE c.job_id = $1 AND c.state = $2 AND (c.deliveries = 0 OR ("
-            "   c.updated_at < now() - make_interval(secs => $3)"
-            "   AND coalesce(h.seen_at, '-infinity') < now() - make_interval(secs => $3)))"
-            " ORDER BY c.chunk_no", job_id, ChunkState.PENDING, float(dead_after_s))
+            " WHERE c.job_id = $1 AND c.state = $2 AND (c.deliveries = 0 OR h.expires_at < now()"
+            "   OR (h.process IS NULL AND c.updated_at < now() - make_interval(secs => $3)))"
+            " ORDER BY c.chunk_no", job_id, ChunkState.PENDING, float(lost_after_s))
 
-    async def heartbeat(self, processes: Sequence[str]) -> None:
-        """Worker processes (host:pid) are alive now; beats older than a day are dropped."""
+    async def heartbeat(self, processes: Sequence[str], valid_s: float) -> None:
+        """Worker processes are alive now, and count as alive for ``valid_s`` more seconds; beats
+        expired a day ago are dropped."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "INSERT INTO worker_heartbeats (process, seen_at) SELECT unnest($1::text[]), now()"
-                " ON CONFLICT (process) DO UPDATE SET seen_at = excluded.seen_at", list(processes))
-            await conn.execute("DELETE FROM worker_heartbeats WHERE seen_at < now() - interval '1 day'")
+                "INSERT INTO worker_heartbeats (process, seen_at, expires_at)"
+                " SELECT unnest($1::text[]), now(), now() + make_interval(secs => $2)"
+                " ON CONFLICT (process) DO UPDATE SET seen_at = excluded.seen_at, expires_at = excluded.expires_at",
+                list(processes), float(valid_s))
+            await conn.execute("DELETE FROM worker_heartbeats WHERE expires_at < now() - interval '1 day'")
 
     async def reset_failed(self, job_id: str, window_stage: int, reset_items=None) -> dict[str, int]:
         """Make failed windows pending again (their chunks go back to ``window_stage``) and failed

@@ -1,10 +1,12 @@
 """Worker liveness: the worker's main process writes, every ``VALUEFLOW_HEARTBEAT_S`` seconds, that
-it and each of its pool processes (``host:pid``, as ``chunks.last_worker`` names them) are alive.
+it and each of its pool processes are alive, until 4 beats from now (``expires_at``).
 
-A watcher that finds a job stalled (``valueflow jobs wait --resume-stalled``) re-sends a started
-chunk only when the process that started it has been silent for 4 beats: it died with its task
-(SIGKILL, a lost node), whose message Redis would otherwise hold until the visibility timeout. A
-slow chunk on a live worker is left alone.
+A process is named as ``chunks.last_worker`` names it (:func:`process_name`: host, pid and start
+time, so a container restarted in the same pod, with the same hostname and pid, is another
+process). A watcher that finds a job stalled (``valueflow jobs wait --resume-stalled``) re-sends a
+started chunk only when the process that started it is past its expiry: it died with its task
+(SIGKILL, an OOM kill, a lost node), whose message Redis would otherwise hold until the visibility
+timeout. A slow chunk on a live worker is left alone.
 """
 
 from __future__ import annotations
@@ -22,11 +24,29 @@ log = logging.getLogger(__name__)
 BEATS_TO_DEAD = 4
 
 
+_own: tuple[int, str] | None = None  # (pid, name) of this process, recomputed after a fork
+
+
+def process_name(proc: psutil.Process | None = None) -> str:
+    """``host:pid:start time`` of a process (this one by default): one run of one process."""
+    global _own
+    if proc is None:
+        if _own is None or _own[0] != os.getpid():
+            _own = (os.getpid(), process_name(psutil.Process()))
+        return _own[1]
+    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}"
+
+
 def processes() -> list[str]:
-    """``host:pid`` of this process and its children (the prefork pool's processes)."""
+    """This process and its children (the prefork pool's processes)."""
     me = psutil.Process()
-    host = socket.gethostname()
-    return [f"{host}:{p.pid}" for p in [me, *me.children()]]
+    names = [process_name(me)]
+    for child in me.children():
+        try:
+            names.append(process_name(child))
+        except psutil.NoSuchProcess:  # exited since it was listed
+            pass
+    return names
 
 
 async def _beat_forever(database_url: str, every_s: float) -> None:
@@ -35,12 +55,13 @@ async def _beat_forever(database_url: str, every_s: float) -> None:
     store = None
     while True:
         try:
-            store = store or await open_store(database_url)
-            await store.heartbeat(processes())
+            # bounded: a beat stuck on a half-open connection must not outlive its own expiry
+            store = store or await asyncio.wait_for(open_store(database_url), timeout=max(every_s, 10.0))
+            await asyncio.wait_for(store.heartbeat(processes(), BEATS_TO_DEAD * every_s), timeout=every_s)
         except Exception as exc:  # noqa: BLE001 - the database may be restarting: beat again later
             log.warning("heartbeat not written (%s: %s); trying again in %s s", type(exc).__name__, exc, every_s)
             if store is not None:
-                await store.close()
+                store.pool.terminate()
                 store = None
         await asyncio.sleep(every_s)
 

@@ -8,8 +8,6 @@ it says to send next, then record the metrics (which never fail a task).
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 
 from celery import current_app, shared_task
@@ -19,7 +17,7 @@ from schemas.messages import FinalizeTask, StageTask
 from schemas.settings import load_settings
 from workers.infra.transient import CLIENT_ERRORS, TRANSIENT
 from workers.jobs import lifecycle
-from workers.tasks import metrics, runtime
+from workers.tasks import heartbeat, metrics, runtime
 from workers.tasks.app import QUEUES, task_name
 
 # Transient infrastructure faults (a restarted PostgreSQL, a deadlock victim, a dropped socket)
@@ -91,7 +89,7 @@ def run_stage(**body) -> dict:
     msg = StageTask(**body)
     store = runtime.store()
     out = runtime.run(lifecycle.run_stage(store, runtime.resources, msg, load_settings().max_redeliveries,
-                                          f"{socket.gethostname()}:{os.getpid()}"))
+                                          heartbeat.process_name()))
     sent = hand_off(current_app, out.sends, msg.job_id)  # first: the chunk has moved on in PostgreSQL
     if out.state != "skipped":
         _observe(metrics.observe_stage, out.kind, out.stage, msg.job_id, msg.chunk_no, out.state, out.seconds,
