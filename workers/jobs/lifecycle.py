@@ -190,9 +190,11 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_aft
         return [Send("finalize", kind.finalize_queue, {"job_id": job_id})]
     if state != JobState.RUNNING:
         return []
-    if not await store.pending_chunks(job_id):
+    chunks = await store.pending_chunks(job_id)
+    if not chunks:
         return await _complete(store, kind, job_id)
-    chunks = await store.pending_chunks(job_id, lost_after_s)
+    if lost_after_s is not None:
+        chunks = await store.pending_chunks(job_id, lost_after_s)
     return [Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
                  StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump()) for c in chunks]
 

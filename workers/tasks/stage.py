@@ -34,13 +34,11 @@ RETRY = dict(autoretry_for=TRANSIENT, dont_autoretry_for=CLIENT_ERRORS, retry_ba
 # ``broker_connection_timeout``). A message sent twice (a publish whose confirmation was lost) is a
 # duplicate delivery, which sends nothing further.
 HANDOFF_PATIENCE_S = 80.0
-HANDOFF_RETRY = {"max_retries": 5, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
 log = logging.getLogger(__name__)
 
 
-def send(app, sends: list[lifecycle.Send], retry_policy: dict | None = None) -> int:
-    """Enqueue lifecycle sends over one producer connection (``retry_policy``: kombu's, for
-    reconnecting while the broker is away; None: Celery's ``task_publish_retry_policy``).
+def send(app, sends: list[lifecycle.Send]) -> int:
+    """Enqueue lifecycle sends over one producer connection.
 
     ``ignore_result``: nobody waits on a lifecycle task's result (progress lives in PostgreSQL), and
     without it Celery subscribes to each task's result channel before publishing, one more Redis
@@ -50,8 +48,7 @@ def send(app, sends: list[lifecycle.Send], retry_policy: dict | None = None) -> 
         return 0
     with app.producer_or_acquire() as producer:
         for s in sends:
-            app.send_task(task_name(s.queue, s.what), kwargs=s.kwargs, producer=producer, retry=True,
-                          retry_policy=retry_policy, ignore_result=True)
+            app.send_task(task_name(s.queue, s.what), kwargs=s.kwargs, producer=producer, ignore_result=True)
     return len(sends)
 
 
@@ -64,7 +61,7 @@ def hand_off(app, sends: list[lifecycle.Send], job_id: str, patience_s: float = 
         delay = 0.5
         while True:
             try:
-                send(app, [s], HANDOFF_RETRY)
+                send(app, [s])
                 break
             except OperationalError:
                 if time.monotonic() + delay > deadline:

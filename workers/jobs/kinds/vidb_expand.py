@@ -59,11 +59,11 @@ def planner(spec: VidbExpandSpec, rows: list[InputRow]):
     async def plan(store: Store, job_id: str) -> tuple[int, int, int]:
         await check_from_jobs(store, spec.from_jobs)
         await check_corpus(store, spec.value, rows, spec.input)
-        _, _, u, _ = await fitted_pool(store.pool, spec.value)
-        if len(u) < max(MIN_POOL, spec.k - 1):
-            raise ValueError(f"value {spec.value!r} has {len(u)} fitted VIDB item(s); expansion searches among at least "
-                             f"{MIN_POOL}: run 'valueflow vidb build' for it first")
+        # the fitted pool (as fitted_pool reads it), its flags only: how many there are, how many agreed
         flags = await store.pool.fetch("SELECT flags FROM vidb_items WHERE value = $1 AND utility IS NOT NULL", spec.value)
+        if len(flags) < max(MIN_POOL, spec.k - 1):
+            raise ValueError(f"value {spec.value!r} has {len(flags)} fitted VIDB item(s); expansion searches among at "
+                             f"least {MIN_POOL}: run 'valueflow vidb build' for it first")
         n_agreed = sum(agreed(r["flags"]) for r in flags)
         if n_agreed < MIN_REFERENCE_POINTS:  # the refit calibrates new texts on them: refuse before judging
             raise ValueError(f"value {spec.value!r} has {n_agreed} fitted VIDB item(s) not flagged implausible or disputed "
