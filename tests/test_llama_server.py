@@ -51,8 +51,10 @@ def _windows():
     return out
 
 
-@pytest.mark.parametrize("structured", ["auto", "off"])
-def test_api_judge_ranks_real_windows_through_llama_cpp(llama_server, structured, capsys):
+# auto: llama-cpp-python's server takes the json_object form, whose schema forces a permutation, so
+# every window parses; off: free text from a 135M model, parsed or not (each outcome checked below)
+@pytest.mark.parametrize("structured, form, min_parsed", [("auto", "json_object", 4), ("off", None, 0)])
+def test_api_judge_ranks_real_windows_through_llama_cpp(llama_server, structured, form, min_parsed, capsys):
     judge = APIJudge(JudgeConfig(name=f"llama-{structured}", kind="api", model="smollm2", base_url=llama_server,
                                  concurrency=2, timeout_s=120, max_tokens=48, structured=structured))
 
@@ -74,7 +76,5 @@ def test_api_judge_ranks_real_windows_through_llama_cpp(llama_server, structured
         assert (r.ok and sorted(r.order) == list(range(6))) or (
             not r.ok and r.attempts == 2 and r.failure.startswith("unparseable after repair"))
     assert all(r.tokens_in > 0 for r in results)  # real token accounting from the server
-    if structured == "auto":
-        assert judge.structured_format == "json_object"  # llama-cpp-python's server form
-        assert parsed == len(results)  # the JSON schema forces a permutation-shaped answer
-        assert all(sorted(r.order) == list(range(6)) for r in results)
+    assert len(results) == 4 and judge.structured_format == form
+    assert parsed >= min_parsed
