@@ -31,9 +31,10 @@ async def submit(store: Store, app, kind: JobKind, spec, plan: lifecycle.Planner
     return job_id
 
 
-async def resume(store: Store, app, job_id: str, retry_failed: bool = False, lost_after_s: float | None = None) -> int:
-    """Re-enqueue only what is missing; duplicates of tasks still queued are harmless (idempotent)."""
-    return send(app, await lifecycle.resume(store, job_id, retry_failed, lost_after_s))
+async def resume(store: Store, app, job_id: str, retry_failed: bool = False) -> int:
+    """Re-enqueue every pending chunk (or the finalize step); duplicates of tasks still queued are
+    harmless (idempotent). Unattended recovery sends only what is lost: :mod:`workers.tasks.sweeper`."""
+    return send(app, await lifecycle.resume(store, job_id, retry_failed))
 
 
 async def cancel(store: Store, job_id: str) -> None:
@@ -58,7 +59,8 @@ def stall_hint(job_id: str, seconds: float) -> str:
     """What a watcher says when a running job stopped moving (no window, chunk or delivery changed)."""
     return (f"job {job_id}: no progress for {seconds:.0f} s. A chunk or finalize step may take that long (a slow "
             f"judge); otherwise: are workers consuming its queues? (`valueflow status` shows each queue's depth.) "
-            f"Tasks lost with a killed worker or a restarted Redis are sent again by `valueflow jobs resume {job_id}`.")
+            f"Tasks lost with a killed worker or a restarted Redis are sent again by the workers' sweep (every "
+            f"VALUEFLOW_SWEEP_S, once lost for VALUEFLOW_STALL_WARN_S) or at once by `valueflow jobs resume {job_id}`.")
 
 
 POLL_COST_SHARE = 0.05  # a watching CLI keeps at most this share of one database core busy

@@ -91,6 +91,7 @@ class Settings:
     judge_views: int = DEFAULT_JUDGE_VIEWS  # judges a worker keeps for jobs' VIDB views
     stall_warn_s: int = 600  # a watched job that moves no further for this long gets a hint
     heartbeat_s: int = 15  # a worker process says it is alive this often; silent for 4 beats = dead
+    sweep_s: int = 60  # a worker looks for lost tasks this often (one worker at a time); 0: never
 
     @property
     def embedded(self) -> bool:
@@ -125,4 +126,5 @@ def load_settings() -> Settings:
         judge_views=judge_views(),
         stall_warn_s=_int("VALUEFLOW_STALL_WARN_S", 600),
         heartbeat_s=_int("VALUEFLOW_HEARTBEAT_S", 15),
+        sweep_s=_int("VALUEFLOW_SWEEP_S", 60, minimum=0),
     )

@@ -773,9 +773,12 @@ def test_waiting_on_a_stalled_job_says_why_and_resume_stalled_finishes_it(env, w
 
 
 def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_again(env, tmp_path, pg_url):
-    """A started chunk may still be running on a slow worker: the unattended resume re-sends it only
-    when the heartbeat of the process that started it expired (``jobs resume`` by hand sends every
-    pending chunk). A resume that fails (the broker is down) is reported and tried again after
+    """Unattended recovery sends only what is lost. An unstarted chunk counts once it is untouched for
+    ``lost_after_s`` and its queue is empty (in a busy queue its task may be waiting behind others);
+    a started chunk may still be running on a slow worker, so it counts only when the heartbeat of
+    the process that started it expired, busy queue or not (``jobs resume`` by hand sends every
+    pending chunk). A finalize step counts when none runs and the job has been finalizing for
+    ``lost_after_s``. A resume that fails (the broker is down) is reported and tried again after
     another stall, not a traceback."""
     from workers.jobs import lifecycle
 
@@ -784,22 +787,41 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
         try:
             sends = await _scoring_job(store, TEXTS[:4], chunk_size=4)
             chunks = [s.kwargs["chunk_no"] for s in sends]
-            assert len(chunks) > 2
+            queue = sends[0].queue
+            assert len(chunks) > 2 and {s.queue for s in sends} == {queue}
             assert await store.begin_stage("job-1", 1, 0, "w:1") == (1, "running")  # chunk 1 is being judged
 
-            async def lost():
-                return [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1", lost_after_s=4)]
+            async def lost(busy=()):
+                return [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1", lost_after_s=4,
+                                                                             busy_queues=busy)]
 
             others = [c for c in chunks if c != 1]
             assert [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1")] == chunks
-            assert await lost() == others  # just started, its process not beating yet: left alone
+            assert await lost() == []  # every chunk was sent (or started) just now
+            await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s' WHERE chunk_no <> 1")
+            assert await lost() == others  # unsent for 10 s, their queue empty; chunk 1 just started: left alone
+            assert await lost(busy={queue}) == []  # their queue holds messages: they may be waiting there
+            assert await lost(busy={"refit"}) == others  # another queue's backlog says nothing about them
             await store.heartbeat(["w:1"], 4)
             await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s' WHERE chunk_no = 1")
             assert await lost() == others  # started 10 s ago, by a process alive now: still running
             await store.pool.execute("UPDATE worker_heartbeats SET expires_at = now() - interval '1 s'")
             assert await lost() == chunks  # its process's heartbeat expired: it died with the chunk
+            assert await lost(busy={queue}) == [1]  # ... and its message is not waiting in any queue
             await store.pool.execute("DELETE FROM worker_heartbeats")
             assert await lost() == chunks  # a process that never beat (an older worker), 10 s ago
+            # a finalize step: lost once the job has been finalizing for lost_after_s and none runs
+            await store.pool.execute("UPDATE jobs SET state = 'finalizing', updated_at = now()")
+            kinds = lambda sends: [(s.what, s.queue) for s in sends]  # noqa: E731
+            fin = kinds(await lifecycle.resume(store, "job-1"))
+            assert fin == [("finalize", fin[0][1])]  # by hand: sent whatever runs
+            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []
+            await store.pool.execute("UPDATE jobs SET updated_at = now() - interval '10 s'")
+            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == fin
+            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4, busy_queues={fin[0][1]})) == []
+            async with store.finalize_claim("job-1") as running:  # a worker runs the finalize step
+                assert running is not None
+                assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []
         finally:
             await store.close()
 
@@ -815,6 +837,79 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
     assert res.returncode == 1 and res.stdout.strip().endswith(f"{job} running")
     failed = [ln for ln in res.stderr.splitlines() if ln.startswith("resume failed: ")]
     assert len(failed) >= 2 and "Traceback" not in res.stderr  # reported, and tried again
+
+
+def test_a_sweep_sends_lost_tasks_once_and_one_worker_sweeps_at_a_time(pg_url, redis_url):
+    """The workers' sweep (:func:`workers.tasks.sweeper.sweep`) on the real broker: chunks planned but
+    never sent are not lost until ``lost_after_s`` passes; then one sweep sends each chunk's stage
+    task once, and the next finds them waiting in their queue and sends nothing. While another
+    worker holds the sweep's lock, a sweep does nothing."""
+    import base64
+
+    import redis as redis_lib
+
+    from workers.tasks import sweeper
+    from workers.tasks.app import app_for, queue_depths
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            sends = await _scoring_job(store, TEXTS[:4], chunk_size=4)  # planned; the sends are dropped
+            queue, app = sends[0].queue, app_for(redis_url)
+            assert len(sends) > 2
+            assert await sweeper.sweep(store, app, redis_url, 4) == {}  # planned just now: not lost yet
+            await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s'")
+            async with store.pool.acquire() as other:  # another worker is sweeping
+                assert await other.fetchval("SELECT pg_try_advisory_lock($1)", sweeper.SWEEP_LOCK)
+                assert await sweeper.sweep(store, app, redis_url, 4) is None
+                await other.execute("SELECT pg_advisory_unlock($1)", sweeper.SWEEP_LOCK)
+            assert await sweeper.sweep(store, app, redis_url, 4) == {"job-1": len(sends)}
+            assert queue_depths(redis_url)[queue] == len(sends)
+            assert await sweeper.sweep(store, app, redis_url, 4) == {}  # waiting in their queue now
+            queued = redis_lib.Redis.from_url(redis_url).lrange(queue, 0, -1)
+            bodies = [json.loads(base64.b64decode(json.loads(m)["body"]))[1] for m in queued]
+            assert sorted(b["chunk_no"] for b in bodies) == sorted(s.kwargs["chunk_no"] for s in sends)
+            assert {b["stage"] for b in bodies} == {0}
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_workers_send_lost_tasks_again_when_nobody_watches(env, workers, tmp_path, redis_url, pg_url):
+    """A job submitted without --wait whose queued tasks a restarted Redis lost: nobody runs
+    ``jobs wait --resume-stalled`` or ``jobs resume``, yet the workers' own sweep (every
+    ``VALUEFLOW_SWEEP_S``, once lost for ``VALUEFLOW_STALL_WARN_S``; two workers, one sweeping at a
+    time) sends them again, and the job finishes with every chunk's stage run once. With
+    ``VALUEFLOW_SWEEP_S=0`` a worker does not sweep."""
+    import redis as redis_lib
+
+    inp = tmp_path / "in.jsonl"
+    _write_inputs(inp, TEXTS[:4])
+    job = _submit(env, inp, "--value", "care-harm", "--chunk-size", "4")
+    redis_lib.Redis.from_url(redis_url).flushdb()  # the queued tasks are lost, as with a restarted Redis
+    n_chunks = _q(pg_url, "SELECT n_chunks FROM jobs WHERE id=$1", job)[0]["n_chunks"]
+    assert n_chunks > 1
+    bad = run_cli(["worker", "-Q", "default"], {**env, "VALUEFLOW_SWEEP_S": "-1"}, timeout=60)
+    assert bad.returncode != 0 and "VALUEFLOW_SWEEP_S: must be >= 0, got -1" in bad.stderr
+    env.update(VALUEFLOW_STALL_WARN_S="2", VALUEFLOW_SWEEP_S="0")
+    workers.start()
+    quiet = run_cli(["jobs", "wait", job, "--timeout", "8"], env)  # a worker that does not sweep
+    assert quiet.returncode == 1 and quiet.stdout.strip().endswith(f"{job} running")
+    assert _q(pg_url, "SELECT sum(deliveries) AS n FROM chunks WHERE job_id=$1", job)[0]["n"] == 0
+    env["VALUEFLOW_SWEEP_S"] = "1"
+    workers.start()
+    workers.start()
+    done = run_cli(["jobs", "wait", job, "--timeout", "240"], env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith(f"{job} done"), done.stderr
+    assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id=$1", job)[0]["n"] == 4
+    logs = workers.logs()
+    assert f"job {job}: re-enqueued {n_chunks} lost task(s)" in logs
+    ran = [json.loads(ln) for ln in logs.splitlines() if ln.startswith('{"event": "chunk"')]
+    assert sorted((r["chunk"], r["stage"]) for r in ran if r["job"] == job) == sorted(
+        (c, st) for c in range(n_chunks) for st in ("judge", "score"))
+    per_window = _q(pg_url, "SELECT count(*) AS n FROM comparisons WHERE job_id=$1 GROUP BY window_id", job)
+    assert len(per_window) == 12 and all(r["n"] == 1 for r in per_window)
 
 
 def test_resume_stalled_re_sends_the_chunk_of_a_killed_worker(env, workers, tmp_path, pg_url):

@@ -91,21 +91,24 @@ def jobs_status(job_id: str, wait: bool, as_json: bool) -> None:
 @click.option("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
 @click.option("--resume-stalled", is_flag=True,
               help="each time the job has not moved for VALUEFLOW_STALL_WARN_S seconds, re-enqueue what is lost: chunks "
-                   "no worker started (tasks a restarted Redis lost), chunks whose worker process died (its heartbeat "
-                   "expired), a lost finalize; a chunk a live worker runs is left alone")
+                   "no worker started whose queue is empty (tasks a restarted Redis lost), chunks whose worker process "
+                   "died (its heartbeat expired), a lost finalize; a chunk a live worker runs, or one waiting in a busy "
+                   "queue, is left alone (workers also do this themselves every VALUEFLOW_SWEEP_S seconds)")
 def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool) -> None:
     """Block until the job finishes; exit 1 if it failed or was cancelled."""
     async def go(store):
         from scheduler import jobs as J
         from schemas.settings import load_settings
-        from workers.tasks import heartbeat
+        from workers.tasks.sweeper import resend_lost
 
         if await store.job(job_id) is None:
             raise click.ClickException(f"no job {job_id!r}")
-        app = celery_app(resolve_urls()[1]) if resume_stalled else None
+        broker = resolve_urls()[1] if resume_stalled else ""
+        app = celery_app(broker) if resume_stalled else None
 
         async def resume() -> tuple[str, bool]:
-            n = await J.resume(store, app, job_id, lost_after_s=heartbeat.BEATS_TO_DEAD * load_settings().heartbeat_s)
+            sent = await resend_lost(store, app, broker, [job_id], lost_after_s=load_settings().stall_warn_s)
+            n = sent.get(job_id, 0)
             return f"re-enqueued {n} task(s) of {job_id}", n == 0  # nothing lost yet: look again next stall
         state = await J.wait(store, job_id, timeout_s=timeout, on_stall=resume if resume_stalled else None)
         click.echo(f"{job_id} {state}")

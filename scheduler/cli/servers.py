@@ -28,16 +28,6 @@ def down() -> None:
     click.echo(" ".join(f"{k}={'stopped' if v else 'not running'}" for k, v in stop(load_settings().home).items()))
 
 
-def queue_depths(broker: str) -> dict[str, int]:
-    """Messages waiting in each queue (Celery's Redis transport keeps one list per queue)."""
-    import redis
-
-    from workers.tasks.app import QUEUES
-
-    r = redis.Redis.from_url(broker, socket_connect_timeout=3)
-    return {q: int(r.llen(q)) for q in QUEUES}
-
-
 @click.command()
 def status() -> None:
     """Where the database and broker are, whether the embedded ones run, and queue depths."""
@@ -54,6 +44,8 @@ def status() -> None:
         click.echo(f"database {redact(settings.database_url)}\nbroker   {redact(settings.broker_url)}")
         broker = settings.broker_url
     if broker:
+        from workers.tasks.app import queue_depths
+
         try:
             depths = queue_depths(broker)
         except Exception as exc:  # noqa: BLE001 - status must still print what it knows
@@ -87,11 +79,13 @@ def worker(queues: str, concurrency: int, pool: str, loglevel: str, metrics_port
         from workers.tasks import metrics
 
         metrics.serve(metrics_port)
-    from schemas.settings import load_settings
-    from workers.tasks import heartbeat
+    from workers.tasks import heartbeat, sweeper
 
+    settings = load_settings()
     database, broker = resolve_urls()
-    heartbeat.start(database, load_settings().heartbeat_s)
+    heartbeat.start(database, settings.heartbeat_s)
+    if settings.sweep_s:
+        sweeper.start(database, broker, settings.sweep_s, settings.stall_warn_s)
     app = celery_app(broker)
     app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "--pool", pool, "-l", loglevel,
                      "-n", f"vf{os.getpid()}@%h", "--without-gossip", "--without-mingle", *(["-E"] if events else [])])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Literal
+from typing import Awaitable, Callable, Collection, Literal
 
 from pydantic import BaseModel
 
@@ -171,11 +171,16 @@ async def run_finalize(store: Store, resources: Resources, job_id: str) -> bool:
 
 
 # -- resume ------------------------------------------------------------------------------------------
-async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_after_s: float | None = None) -> list[Send]:
+async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_after_s: float | None = None,
+                 busy_queues: Collection[str] = ()) -> list[Send]:
     """What to enqueue so the job finishes: pending chunks at their stage, a lost completion claim,
     or a finalize step. With ``retry_failed``, failed windows and chunks are made pending first.
-    With ``lost_after_s``, only the chunks that are lost (:meth:`Store.pending_chunks`): a chunk a
-    live worker has started may still be running, and is left alone."""
+
+    With ``lost_after_s`` (unattended recovery), only what is lost: chunks :meth:`Store.pending_chunks`
+    finds lost, less the unstarted ones whose queue is in ``busy_queues`` (it holds messages, so
+    their task may be waiting there behind others); a finalize step only when none runs, the job
+    has been finalizing for ``lost_after_s`` and the finalize queue is not busy. A chunk a live
+    worker has started may still be running, and is left alone."""
     loaded = await _load(store, job_id)
     if loaded is None:
         raise ValueError(f"no job {job_id!r}")
@@ -187,6 +192,9 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_aft
         job = await store.job(job_id)
     state = job["state"]
     if state == JobState.FINALIZING:
+        if lost_after_s is not None and (kind.finalize_queue in busy_queues
+                                         or not await store.finalize_idle(job_id, lost_after_s)):
+            return []
         return [Send("finalize", kind.finalize_queue, {"job_id": job_id})]
     if state != JobState.RUNNING:
         return []
@@ -195,8 +203,10 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_aft
         return await _complete(store, kind, job_id)
     if lost_after_s is not None:
         chunks = await store.pending_chunks(job_id, lost_after_s)
-    return [Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
-                 StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump()) for c in chunks]
+    sends = [(c["unstarted"], Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
+                                   StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump()))
+             for c in chunks]
+    return [s for unstarted, s in sends if not (lost_after_s is not None and unstarted and s.queue in busy_queues)]
 
 
 async def run_inline(store: Store, resources: Resources, sends: list[Send], max_deliveries: int = 5) -> None:

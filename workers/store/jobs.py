@@ -189,19 +189,36 @@ class JobsMixin:
             yield conn if state == JobState.FINALIZING else None
 
     async def pending_chunks(self, job_id: str, lost_after_s: float | None = None) -> list[asyncpg.Record]:
-        """Pending chunks (their stage); with ``lost_after_s``, only the lost ones: never started in
-        their stage (their task was lost in the queue, or never sent), or started by a worker
-        process whose heartbeat expired (it died), or by one that never beat (a worker older than
-        heartbeats) ``lost_after_s`` ago or more."""
+        """Pending chunks (chunk_no, stage, ``unstarted``: no delivery in their stage yet); with
+        ``lost_after_s``, only those that may be lost: never started in their stage and untouched
+        for ``lost_after_s`` (their task was lost in the queue, never sent, or is still waiting in
+        a long queue: :func:`workers.jobs.lifecycle.resume` tells these apart by the queue's
+        depth), or started by a worker process whose heartbeat expired (it died), or by one that
+        never beat (a worker older than heartbeats) ``lost_after_s`` ago or more."""
         if lost_after_s is None:
             return await self.pool.fetch(
-                "SELECT chunk_no, stage FROM chunks WHERE job_id = $1 AND state = $2 ORDER BY chunk_no",
-                job_id, ChunkState.PENDING)
+                "SELECT chunk_no, stage, deliveries = 0 AS unstarted FROM chunks WHERE job_id = $1 AND state = $2"
+                " ORDER BY chunk_no", job_id, ChunkState.PENDING)
         return await self.pool.fetch(
-            "SELECT c.chunk_no, c.stage FROM chunks c LEFT JOIN worker_heartbeats h ON h.process = c.last_worker"
-            " WHERE c.job_id = $1 AND c.state = $2 AND (c.deliveries = 0 OR h.expires_at < now()"
-            "   OR (h.process IS NULL AND c.updated_at < now() - make_interval(secs => $3)))"
+            "SELECT c.chunk_no, c.stage, c.deliveries = 0 AS unstarted"
+            " FROM chunks c LEFT JOIN worker_heartbeats h ON h.process = c.last_worker"
+            " WHERE c.job_id = $1 AND c.state = $2 AND (h.expires_at < now()"
+            "   OR ((c.deliveries = 0 OR h.process IS NULL) AND c.updated_at < now() - make_interval(secs => $3)))"
             " ORDER BY c.chunk_no", job_id, ChunkState.PENDING, float(lost_after_s))
+
+    async def finalize_idle(self, job_id: str, idle_s: float) -> bool:
+        """True when the job has been ``finalizing`` for ``idle_s`` or more and no finalize step runs
+        now (a running one holds the job's row: :meth:`finalize_claim`)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await conn.fetchval(
+                "SELECT true FROM jobs WHERE id = $1 AND state = $2 AND updated_at < now() - make_interval(secs => $3)"
+                " FOR UPDATE SKIP LOCKED", job_id, JobState.FINALIZING, float(idle_s)) is not None
+
+    async def unfinished_jobs(self) -> list[str]:
+        """Jobs running or finalizing, oldest first."""
+        rows = await self.pool.fetch("SELECT id FROM jobs WHERE state = ANY($1::text[]) ORDER BY created_at",
+                                     [JobState.RUNNING, JobState.FINALIZING])
+        return [r["id"] for r in rows]
 
     async def heartbeat(self, processes: Sequence[str], valid_s: float) -> None:
         """Worker processes are alive now, and count as alive for ``valid_s`` more seconds; beats

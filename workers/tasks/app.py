@@ -27,6 +27,17 @@ def task_name(queue: str, task: str) -> str:
     return f"valueflow.{queue}.{task}"
 
 
+def queue_depths(broker_url: str) -> dict[str, int]:
+    """Messages waiting in each queue (Celery's Redis transport keeps one list per queue)."""
+    import redis
+
+    r = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        return {q: int(r.llen(q)) for q in QUEUES}
+    finally:
+        r.close()
+
+
 def make_app(broker_url: str | None = None) -> Celery:
     """A Celery app bound to ``broker_url`` (None: the configured one, resolved lazily by Celery)."""
     try:

@@ -3,8 +3,9 @@ it and each of its pool processes are alive, until 4 beats from now (``expires_a
 
 A process is named as ``chunks.last_worker`` names it (:func:`process_name`: host, pid and start
 time, so a container restarted in the same pod, with the same hostname and pid, is another
-process). A watcher that finds a job stalled (``valueflow jobs wait --resume-stalled``) re-sends a
-started chunk only when the process that started it is past its expiry: it died with its task
+process). The workers' sweep (:mod:`workers.tasks.sweeper`, or a watcher that finds a job stalled:
+``valueflow jobs wait --resume-stalled``) re-sends a started chunk only when the process that
+started it is past its expiry: it died with its task
 (SIGKILL, an OOM kill, a lost node), whose message Redis would otherwise hold until the visibility
 timeout. A slow chunk on a live worker is left alone.
 """

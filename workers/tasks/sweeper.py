@@ -1,0 +1,88 @@
+"""Unattended recovery: the work the queues lost is sent again, by a watcher or by the workers.
+
+Lost work (:func:`workers.jobs.lifecycle.resume` with ``lost_after_s``): a chunk no worker started
+in its stage, untouched for ``lost_after_s``, whose queue holds no messages (its task is not
+waiting behind others: a restarted Redis, or a send that never happened, lost it); a chunk whose
+worker process's heartbeat expired (SIGKILL, an OOM kill, a lost node: Redis would hold its
+message until the visibility timeout, hours); a finalize step no worker runs, ``lost_after_s``
+after the job began finalizing.
+
+Two callers, one rule (:func:`resend_lost`): ``valueflow jobs wait --resume-stalled`` (one job, when
+it stalls) and every worker's sweeper thread (:func:`start`), which every ``VALUEFLOW_SWEEP_S``
+seconds looks at every unfinished job, one worker at a time (a PostgreSQL advisory lock), with
+``lost_after_s`` = ``VALUEFLOW_STALL_WARN_S``. Sending twice is harmless (a stage or finalize that
+already ran is skipped), so the rule may err towards sending, but a chunk waiting in a busy queue
+or running on a live worker is left alone, so an API judge is not paid twice for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Iterable
+
+from workers.jobs import lifecycle
+from workers.store import Store
+
+log = logging.getLogger(__name__)
+
+SWEEP_LOCK = 0x76667377  # pg advisory lock key ("vfsw"): one sweeping worker at a time
+
+
+async def resend_lost(store: Store, app, broker_url: str, job_ids: Iterable[str], lost_after_s: float) -> dict[str, int]:
+    """Send again what each job lost; returns the tasks sent per job (jobs with none left out)."""
+    from workers.tasks.app import queue_depths
+    from workers.tasks.stage import send
+
+    depths = await asyncio.to_thread(queue_depths, broker_url)
+    busy = {q for q, n in depths.items() if n}
+    sent = {}
+    for job_id in job_ids:
+        try:
+            sends = await lifecycle.resume(store, job_id, lost_after_s=lost_after_s, busy_queues=busy)
+        except ValueError:  # cancelled or deleted since it was listed
+            continue
+        if sends:
+            sent[job_id] = await asyncio.to_thread(send, app, sends)
+    return sent
+
+
+async def sweep(store: Store, app, broker_url: str, lost_after_s: float) -> dict[str, int] | None:
+    """One sweep over every unfinished job, unless another worker is sweeping (then None)."""
+    async with store.pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK):
+            return None
+        try:
+            sent = await resend_lost(store, app, broker_url, await store.unfinished_jobs(), lost_after_s)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK)
+    for job_id, n in sent.items():
+        log.warning("job %s: re-enqueued %d lost task(s)", job_id, n)
+    return sent
+
+
+async def _sweep_forever(database_url: str, broker_url: str, every_s: float, lost_after_s: float) -> None:
+    from workers.store import open_store
+    from workers.tasks.app import app_for
+
+    app, store = app_for(broker_url), None
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            store = store or await asyncio.wait_for(open_store(database_url), timeout=max(every_s, 10.0))
+            await asyncio.wait_for(sweep(store, app, broker_url, lost_after_s), timeout=max(every_s, 60.0))
+        except Exception as exc:  # noqa: BLE001 - a server may be restarting: sweep again later
+            log.warning("sweep for lost tasks failed (%s: %s); trying again in %s s", type(exc).__name__, exc, every_s)
+            if store is not None:
+                store.pool.terminate()
+                store = None
+
+
+def start(database_url: str, broker_url: str, every_s: float, lost_after_s: float) -> threading.Thread:
+    """Sweep in a daemon thread of this process for as long as it lives."""
+    t = threading.Thread(target=lambda: asyncio.run(_sweep_forever(database_url, broker_url, every_s, lost_after_s)),
+                         name=f"valueflow-sweeper-{os.getpid()}", daemon=True)
+    t.start()
+    return t
