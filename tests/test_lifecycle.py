@@ -773,13 +773,16 @@ def test_waiting_on_a_stalled_job_says_why_and_resume_stalled_finishes_it(env, w
 
 
 def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_again(env, tmp_path, pg_url):
-    """Unattended recovery sends only what is lost. An unstarted chunk counts once it is untouched for
-    ``lost_after_s`` and its queue is empty (in a busy queue its task may be waiting behind others);
-    a started chunk may still be running on a slow worker, so it counts only when the heartbeat of
-    the process that started it expired, busy queue or not (``jobs resume`` by hand sends every
-    pending chunk). A finalize step counts when none runs and the job has been finalizing for
-    ``lost_after_s``. A resume that fails (the broker is down) is reported and tried again after
-    another stall, not a traceback."""
+    """Unattended recovery sends only what is lost, and marks it as sent. A waiting chunk (not
+    started in its stage, or sent again) counts once it is untouched for ``lost_after_s`` and its
+    queue is empty (in a busy queue its task may be waiting behind others); a started chunk may
+    still be running on a slow worker, so it counts only when the heartbeat lease of the process
+    that started it ran out while the database was up, busy queue or not, or when that process never
+    beat and the chunk is untouched for ``lost_after_s`` (``jobs resume`` by hand sends every
+    pending chunk). A finalize step counts when none runs and the job is untouched for
+    ``lost_after_s``. Whatever is sent counts as lost again only ``lost_after_s`` later. A resume
+    that fails (the broker is down) is reported and tried again after another stall, not a
+    traceback."""
     from workers.jobs import lifecycle
 
     async def go():
@@ -795,33 +798,48 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
                 return [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1", lost_after_s=4,
                                                                              busy_queues=busy)]
 
+            async def age(where="true"):
+                await store.pool.execute(f"UPDATE chunks SET updated_at = now() - interval '10 s' WHERE {where}")
+
             others = [c for c in chunks if c != 1]
             assert [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1")] == chunks
             assert await lost() == []  # every chunk was sent (or started) just now
-            await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s' WHERE chunk_no <> 1")
-            assert await lost() == others  # unsent for 10 s, their queue empty; chunk 1 just started: left alone
+            await age("chunk_no <> 1")
             assert await lost(busy={queue}) == []  # their queue holds messages: they may be waiting there
-            assert await lost(busy={"refit"}) == others  # another queue's backlog says nothing about them
+            assert await lost(busy={"refit"}) == others  # unsent for 10 s, their own queue empty: sent again
+            assert await lost() == []  # ... and marked: not lost again until 4 s pass without a start
             await store.heartbeat(["w:1"], 4)
-            await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s' WHERE chunk_no = 1")
-            assert await lost() == others  # started 10 s ago, by a process alive now: still running
+            await age()
+            assert await lost(busy={queue}) == []  # chunk 1 started 10 s ago by a process alive now: running
             await store.pool.execute("UPDATE worker_heartbeats SET expires_at = now() - interval '1 s'")
-            assert await lost() == chunks  # its process's heartbeat expired: it died with the chunk
-            assert await lost(busy={queue}) == [1]  # ... and its message is not waiting in any queue
-            await store.pool.execute("DELETE FROM worker_heartbeats")
-            assert await lost() == chunks  # a process that never beat (an older worker), 10 s ago
-            # a finalize step: lost once the job has been finalizing for lost_after_s and none runs
+            assert await lost(busy={queue}) == [1]  # its process's lease ran out: it died with the chunk
+            assert await lost(busy={queue}) == []  # sent again: it now waits like the others
+            # a lease that ran out while the database was down (here: one longer than the server's
+            # uptime) is no sign of death: live workers get a lease's time to beat again
+            assert await store.begin_stage("job-1", 2, 0, "w:2") == (1, "running")
+            await store.pool.execute("INSERT INTO worker_heartbeats (process, seen_at, expires_at)"
+                                     " VALUES ('w:2', now() - interval '100 years', now() - interval '1 s')")
+            assert await lost(busy={queue}) == []
+            # a process that never beat (a worker older than heartbeats): lost once untouched for 4 s
+            assert await store.begin_stage("job-1", 0, 0, "w:3") == (1, "running")
+            assert await lost(busy={queue}) == []
+            await age("chunk_no = 0")
+            assert await lost(busy={queue}) == [0]
+            await age()
+            assert await lost() == [c for c in chunks if c != 2]  # waiting 10 s, queue empty; w:2 may live
+            # a finalize step: lost once the job is untouched for lost_after_s and none runs
             await store.pool.execute("UPDATE jobs SET state = 'finalizing', updated_at = now()")
             kinds = lambda sends: [(s.what, s.queue) for s in sends]  # noqa: E731
             fin = kinds(await lifecycle.resume(store, "job-1"))
             assert fin == [("finalize", fin[0][1])]  # by hand: sent whatever runs
             assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []
             await store.pool.execute("UPDATE jobs SET updated_at = now() - interval '10 s'")
-            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == fin
             assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4, busy_queues={fin[0][1]})) == []
             async with store.finalize_claim("job-1") as running:  # a worker runs the finalize step
                 assert running is not None
                 assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []
+            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == fin
+            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []  # marked as sent
         finally:
             await store.close()
 
@@ -842,8 +860,8 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
 def test_a_sweep_sends_lost_tasks_once_and_one_worker_sweeps_at_a_time(pg_url, redis_url):
     """The workers' sweep (:func:`workers.tasks.sweeper.sweep`) on the real broker: chunks planned but
     never sent are not lost until ``lost_after_s`` passes; then one sweep sends each chunk's stage
-    task once, and the next finds them waiting in their queue and sends nothing. While another
-    worker holds the sweep's lock, a sweep does nothing."""
+    task once; later sweeps send nothing while they wait in their queue, and send them again once
+    the queue lost them. While another worker holds the sweep's lock, a sweep does nothing."""
     import base64
 
     import redis as redis_lib
@@ -865,11 +883,16 @@ def test_a_sweep_sends_lost_tasks_once_and_one_worker_sweeps_at_a_time(pg_url, r
                 await other.execute("SELECT pg_advisory_unlock($1)", sweeper.SWEEP_LOCK)
             assert await sweeper.sweep(store, app, redis_url, 4) == {"job-1": len(sends)}
             assert queue_depths(redis_url)[queue] == len(sends)
-            assert await sweeper.sweep(store, app, redis_url, 4) == {}  # waiting in their queue now
-            queued = redis_lib.Redis.from_url(redis_url).lrange(queue, 0, -1)
-            bodies = [json.loads(base64.b64decode(json.loads(m)["body"]))[1] for m in queued]
+            assert await sweeper.sweep(store, app, redis_url, 4) == {}  # just sent
+            await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s'")
+            assert await sweeper.sweep(store, app, redis_url, 4) == {}  # still waiting in their queue
+            r = redis_lib.Redis.from_url(redis_url)
+            bodies = [json.loads(base64.b64decode(json.loads(m)["body"]))[1] for m in r.lrange(queue, 0, -1)]
             assert sorted(b["chunk_no"] for b in bodies) == sorted(s.kwargs["chunk_no"] for s in sends)
             assert {b["stage"] for b in bodies} == {0}
+            r.flushdb()  # lost again (a restarted Redis): the next sweep sends them again
+            assert await sweeper.sweep(store, app, redis_url, 4) == {"job-1": len(sends)}
+            assert queue_depths(redis_url)[queue] == len(sends)
         finally:
             await store.close()
 
@@ -892,8 +915,13 @@ def test_workers_send_lost_tasks_again_when_nobody_watches(env, workers, tmp_pat
     assert n_chunks > 1
     bad = run_cli(["worker", "-Q", "default"], {**env, "VALUEFLOW_SWEEP_S": "-1"}, timeout=60)
     assert bad.returncode != 0 and "VALUEFLOW_SWEEP_S: must be >= 0, got -1" in bad.stderr
-    env.update(VALUEFLOW_STALL_WARN_S="2", VALUEFLOW_SWEEP_S="0")
+    env.update(VALUEFLOW_STALL_WARN_S="2", VALUEFLOW_SWEEP_S="0", VALUEFLOW_HEARTBEAT_S="1")
     workers.start()
+    for _ in range(300):  # started: its pool processes are up
+        if '"event": "process_ready", "role": "child"' in workers.logs():
+            break
+        time.sleep(0.2)
+    assert '"event": "process_ready", "role": "child"' in workers.logs()
     quiet = run_cli(["jobs", "wait", job, "--timeout", "8"], env)  # a worker that does not sweep
     assert quiet.returncode == 1 and quiet.stdout.strip().endswith(f"{job} running")
     assert _q(pg_url, "SELECT sum(deliveries) AS n FROM chunks WHERE job_id=$1", job)[0]["n"] == 0

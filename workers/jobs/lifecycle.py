@@ -176,11 +176,13 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_aft
     """What to enqueue so the job finishes: pending chunks at their stage, a lost completion claim,
     or a finalize step. With ``retry_failed``, failed windows and chunks are made pending first.
 
-    With ``lost_after_s`` (unattended recovery), only what is lost: chunks :meth:`Store.pending_chunks`
-    finds lost, less the unstarted ones whose queue is in ``busy_queues`` (it holds messages, so
-    their task may be waiting there behind others); a finalize step only when none runs, the job
-    has been finalizing for ``lost_after_s`` and the finalize queue is not busy. A chunk a live
-    worker has started may still be running, and is left alone."""
+    With ``lost_after_s`` (unattended recovery), only what is lost, claimed as sent again now so
+    that it counts as lost again only after another ``lost_after_s`` (:meth:`Store.claim_lost_chunks`,
+    :meth:`Store.claim_lost_finalize`): chunks :meth:`Store.pending_chunks` finds lost, less the
+    waiting ones whose queue is in ``busy_queues`` (it holds messages, so their task may be waiting
+    there behind others); a finalize step when none runs, the job has been finalizing for
+    ``lost_after_s`` and the finalize queue is not busy. A chunk a live worker has started may
+    still be running, and is left alone."""
     loaded = await _load(store, job_id)
     if loaded is None:
         raise ValueError(f"no job {job_id!r}")
@@ -193,7 +195,7 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_aft
     state = job["state"]
     if state == JobState.FINALIZING:
         if lost_after_s is not None and (kind.finalize_queue in busy_queues
-                                         or not await store.finalize_idle(job_id, lost_after_s)):
+                                         or not await store.claim_lost_finalize(job_id, lost_after_s)):
             return []
         return [Send("finalize", kind.finalize_queue, {"job_id": job_id})]
     if state != JobState.RUNNING:
@@ -202,11 +204,12 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_aft
     if not chunks:
         return await _complete(store, kind, job_id)
     if lost_after_s is not None:
-        chunks = await store.pending_chunks(job_id, lost_after_s)
-    sends = [(c["unstarted"], Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
-                                   StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump()))
-             for c in chunks]
-    return [s for unstarted, s in sends if not (lost_after_s is not None and unstarted and s.queue in busy_queues)]
+        lost = [c for c in await store.pending_chunks(job_id, lost_after_s)
+                if not (c["waiting"] and kind.queue_of(c["stage"], spec, c["chunk_no"]) in busy_queues)]
+        chunks = await store.claim_lost_chunks(job_id, [c["chunk_no"] for c in lost], lost_after_s) if lost else []
+    return [Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
+                 StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump())
+            for c in sorted(chunks, key=lambda c: c["chunk_no"])]
 
 
 async def run_inline(store: Store, resources: Resources, sends: list[Send], max_deliveries: int = 5) -> None:

@@ -14,6 +14,20 @@ import asyncpg
 
 from schemas.states import ChunkState, JobState
 
+# A pending chunk is *waiting* when its stage task should be in a queue: no worker started it in its
+# stage, or a recoverer sent it again (:meth:`Store.claim_lost_chunks` clears ``last_worker``).
+_WAITING = "(c.deliveries = 0 OR c.last_worker IS NULL)"
+# A pending chunk may be *lost* ($3 = lost_after_s) when it has been waiting, untouched, that long
+# (whether its task is still in a queue is the caller's question: the broker's queue depth), or a
+# worker process started it and that process is dead: its heartbeat lease expired while the
+# database was up for a full lease (after a PostgreSQL restart, live workers get a lease's time to
+# beat again), or it never beat (a worker older than heartbeats) and the chunk is untouched that long.
+_LOST = (
+    f"(({_WAITING} OR NOT EXISTS (SELECT 1 FROM worker_heartbeats h WHERE h.process = c.last_worker))"
+    "   AND c.updated_at < now() - make_interval(secs => $3)"
+    f" OR NOT {_WAITING} AND EXISTS (SELECT 1 FROM worker_heartbeats h WHERE h.process = c.last_worker"
+    "   AND h.expires_at < now() AND pg_postmaster_start_time() < now() - (h.expires_at - h.seen_at)))")
+
 COMPARISON_COLUMNS = ("job_id", "value", "window_id", "item_ids", "judge", "ranking", "response_key")
 
 WINDOW_COLUMNS = ["job_id", "window_id", "chunk_no", "value", "item_no", "members", "target_pos",
@@ -62,6 +76,9 @@ class JobsMixin:
             JobState.STAGING)
         if done is None:
             raise RuntimeError(f"job {job_id} is not staged")
+        # planning may have taken long: the chunks' tasks are sent from now, so they are untouched
+        # (not lost: :data:`_LOST`) from now
+        await self.pool.execute("UPDATE chunks SET updated_at = now() WHERE job_id = $1", job_id)
 
     async def drop_staged(self, job_id: str | None = None, older_than_s: float | None = None) -> int:
         """Delete one staged job, or every staged job older than ``older_than_s`` (abandoned submits)."""
@@ -189,30 +206,35 @@ class JobsMixin:
             yield conn if state == JobState.FINALIZING else None
 
     async def pending_chunks(self, job_id: str, lost_after_s: float | None = None) -> list[asyncpg.Record]:
-        """Pending chunks (chunk_no, stage, ``unstarted``: no delivery in their stage yet); with
-        ``lost_after_s``, only those that may be lost: never started in their stage and untouched
-        for ``lost_after_s`` (their task was lost in the queue, never sent, or is still waiting in
-        a long queue: :func:`workers.jobs.lifecycle.resume` tells these apart by the queue's
-        depth), or started by a worker process whose heartbeat expired (it died), or by one that
-        never beat (a worker older than heartbeats) ``lost_after_s`` ago or more."""
+        """Pending chunks (chunk_no, stage, ``waiting``: see :data:`_WAITING`); with ``lost_after_s``,
+        only those that may be lost (:data:`_LOST`)."""
         if lost_after_s is None:
             return await self.pool.fetch(
-                "SELECT chunk_no, stage, deliveries = 0 AS unstarted FROM chunks WHERE job_id = $1 AND state = $2"
-                " ORDER BY chunk_no", job_id, ChunkState.PENDING)
+                f"SELECT c.chunk_no, c.stage, {_WAITING} AS waiting FROM chunks c WHERE c.job_id = $1 AND c.state = $2"
+                " ORDER BY c.chunk_no", job_id, ChunkState.PENDING)
         return await self.pool.fetch(
-            "SELECT c.chunk_no, c.stage, c.deliveries = 0 AS unstarted"
-            " FROM chunks c LEFT JOIN worker_heartbeats h ON h.process = c.last_worker"
-            " WHERE c.job_id = $1 AND c.state = $2 AND (h.expires_at < now()"
-            "   OR ((c.deliveries = 0 OR h.process IS NULL) AND c.updated_at < now() - make_interval(secs => $3)))"
-            " ORDER BY c.chunk_no", job_id, ChunkState.PENDING, float(lost_after_s))
+            f"SELECT c.chunk_no, c.stage, {_WAITING} AS waiting FROM chunks c"
+            f" WHERE c.job_id = $1 AND c.state = $2 AND {_LOST} ORDER BY c.chunk_no",
+            job_id, ChunkState.PENDING, float(lost_after_s))
 
-    async def finalize_idle(self, job_id: str, idle_s: float) -> bool:
-        """True when the job has been ``finalizing`` for ``idle_s`` or more and no finalize step runs
-        now (a running one holds the job's row: :meth:`finalize_claim`)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await conn.fetchval(
-                "SELECT true FROM jobs WHERE id = $1 AND state = $2 AND updated_at < now() - make_interval(secs => $3)"
-                " FOR UPDATE SKIP LOCKED", job_id, JobState.FINALIZING, float(idle_s)) is not None
+    async def claim_lost_chunks(self, job_id: str, chunk_nos: Sequence[int], lost_after_s: float) -> list[asyncpg.Record]:
+        """Of ``chunk_nos``, those still lost, marked as sent again now (``updated_at``; no process
+        holds them: ``last_worker`` NULL), so they count as lost again only if no worker starts them
+        within ``lost_after_s``. Two recoverers claiming at once: the row lock orders them, and the
+        second finds the chunk no longer lost."""
+        return await self.pool.fetch(
+            "UPDATE chunks c SET updated_at = now(), last_worker = NULL"
+            f" WHERE c.job_id = $1 AND c.state = $2 AND c.chunk_no = ANY($4::int[]) AND {_LOST}"
+            " RETURNING c.chunk_no, c.stage", job_id, ChunkState.PENDING, float(lost_after_s), list(chunk_nos))
+
+    async def claim_lost_finalize(self, job_id: str, lost_after_s: float) -> bool:
+        """True when the job has been ``finalizing``, untouched, for ``lost_after_s`` or more and no
+        finalize step runs now (a running one holds the job's row: :meth:`finalize_claim`); the job
+        is then marked as touched now, so the step counts as lost again only ``lost_after_s`` later."""
+        return await self.pool.fetchval(
+            "UPDATE jobs SET updated_at = now() WHERE id = (SELECT id FROM jobs WHERE id = $1 AND state = $2"
+            " AND updated_at < now() - make_interval(secs => $3) FOR UPDATE SKIP LOCKED) RETURNING true",
+            job_id, JobState.FINALIZING, float(lost_after_s)) is not None
 
     async def unfinished_jobs(self) -> list[str]:
         """Jobs running or finalizing, oldest first."""

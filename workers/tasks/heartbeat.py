@@ -50,21 +50,27 @@ def processes() -> list[str]:
     return names
 
 
-async def _beat_forever(database_url: str, every_s: float) -> None:
+async def _beat_forever(database_url: str, every_s: float, look_s: float = 1.0) -> None:
+    """Beat every ``every_s``, and at once when the pool has a process the last beat did not name
+    (looked for every ``look_s``): a new pool process beats before it can have started a chunk for long."""
     from workers.store import open_store
 
-    store = None
+    store, named, due = None, set(), 0.0
+    loop = asyncio.get_running_loop()
     while True:
-        try:
-            # bounded: a beat stuck on a half-open connection must not outlive its own expiry
-            store = store or await asyncio.wait_for(open_store(database_url), timeout=max(every_s, 10.0))
-            await asyncio.wait_for(store.heartbeat(processes(), BEATS_TO_DEAD * every_s), timeout=every_s)
-        except Exception as exc:  # noqa: BLE001 - the database may be restarting: beat again later
-            log.warning("heartbeat not written (%s: %s); trying again in %s s", type(exc).__name__, exc, every_s)
-            if store is not None:
-                store.pool.terminate()
-                store = None
-        await asyncio.sleep(every_s)
+        now = set(processes())
+        if loop.time() >= due or not now <= named:
+            named, due = now, loop.time() + every_s  # a failed beat is tried again when due
+            try:
+                # bounded: a beat stuck on a half-open connection must not outlive its own expiry
+                store = store or await asyncio.wait_for(open_store(database_url), timeout=max(every_s, 10.0))
+                await asyncio.wait_for(store.heartbeat(sorted(now), BEATS_TO_DEAD * every_s), timeout=every_s)
+            except Exception as exc:  # noqa: BLE001 - the database may be restarting: beat again later
+                log.warning("heartbeat not written (%s: %s); trying again in %s s", type(exc).__name__, exc, every_s)
+                if store is not None:
+                    store.pool.terminate()
+                    store = None
+        await asyncio.sleep(min(look_s, every_s))
 
 
 def start(database_url: str, every_s: float) -> threading.Thread:

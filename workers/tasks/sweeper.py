@@ -1,18 +1,23 @@
 """Unattended recovery: the work the queues lost is sent again, by a watcher or by the workers.
 
-Lost work (:func:`workers.jobs.lifecycle.resume` with ``lost_after_s``): a chunk no worker started
-in its stage, untouched for ``lost_after_s``, whose queue holds no messages (its task is not
-waiting behind others: a restarted Redis, or a send that never happened, lost it); a chunk whose
-worker process's heartbeat expired (SIGKILL, an OOM kill, a lost node: Redis would hold its
-message until the visibility timeout, hours); a finalize step no worker runs, ``lost_after_s``
-after the job began finalizing.
+Lost work (:func:`workers.jobs.lifecycle.resume` with ``lost_after_s``; the rule itself:
+``workers/store/jobs.py``, ``_LOST``): a chunk waiting for a worker (never started in its stage,
+or sent again by a recoverer), untouched for ``lost_after_s``, whose queue holds no messages (its
+task is not waiting behind others: a restarted Redis, or a send that never happened, lost it); a
+chunk whose worker process is dead (its heartbeat lease expired: SIGKILL, an OOM kill, a lost node,
+whose message Redis would hold until the visibility timeout, hours), busy queue or not; a finalize
+step no worker runs, ``lost_after_s`` after the job was last touched. What is sent again is marked
+as sent (touched now), so it counts as lost again only if no worker starts it within another
+``lost_after_s``: a queue without consumers collects one copy per ``lost_after_s`` at most.
 
 Two callers, one rule (:func:`resend_lost`): ``valueflow jobs wait --resume-stalled`` (one job, when
-it stalls) and every worker's sweeper thread (:func:`start`), which every ``VALUEFLOW_SWEEP_S``
-seconds looks at every unfinished job, one worker at a time (a PostgreSQL advisory lock), with
-``lost_after_s`` = ``VALUEFLOW_STALL_WARN_S``. Sending twice is harmless (a stage or finalize that
-already ran is skipped), so the rule may err towards sending, but a chunk waiting in a busy queue
-or running on a live worker is left alone, so an API judge is not paid twice for it.
+it stalls) and every worker's sweeper thread (:func:`start`): each worker sweeps every
+``VALUEFLOW_SWEEP_S`` seconds unless another worker is sweeping at that moment (a PostgreSQL
+advisory lock), with ``lost_after_s`` = ``VALUEFLOW_STALL_WARN_S``. Sending twice is harmless (a
+stage or finalize that already ran is skipped), so the rule may err towards sending, but a chunk
+waiting in a busy queue or running on a live worker is left alone, so an API judge is not paid
+twice for it. Limit: in a queue that never empties (steady traffic), a lost waiting chunk is sent
+again only once the queue is drained (or by ``valueflow jobs resume``).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ async def resend_lost(store: Store, app, broker_url: str, job_ids: Iterable[str]
     for job_id in job_ids:
         try:
             sends = await lifecycle.resume(store, job_id, lost_after_s=lost_after_s, busy_queues=busy)
-        except ValueError:  # cancelled or deleted since it was listed
+        except Exception as exc:  # noqa: BLE001 - one job's trouble must not stop the others' recovery
+            log.warning("job %s: not recovered (%s: %s)", job_id, type(exc).__name__, exc)
             continue
         if sends:
             sent[job_id] = await asyncio.to_thread(send, app, sends)
