@@ -619,6 +619,10 @@ def test_a_local_worker_stops_when_the_command_that_started_it_is_killed(env):
     ("PermissionError(13, 'Permission denied', '/state/x')", False),
     ("ValueError('bad')", False),
     ("ZeroDivisionError('division by zero')", False),
+    ("pgx.InterfaceError('cannot perform operation: connection is closed')", True),
+    ("pgx.InterfaceError('pool is closing')", True),
+    ("pgx.InterfaceError('cannot perform operation: another operation is in progress')", False),  # a bug
+    ("pgx.InterfaceError('the server expects 2 arguments for this query, 1 was passed')", False),
 ])
 def test_which_errors_are_retried(exc, transient):
     from asyncpg import exceptions as pgx  # noqa: F401 - used by eval
@@ -626,6 +630,38 @@ def test_which_errors_are_retried(exc, transient):
     from workers.infra.transient import is_transient
 
     assert is_transient(eval(exc)) is transient
+
+
+@pytest.mark.parametrize("exc, raised", [
+    ("pgx.InterfaceError('cannot perform operation: connection is closed')", "InterfaceError"),  # Celery retries
+    ("pgx.InterfaceError('cannot perform operation: another operation is in progress')", "PermanentError"),
+    ("FileNotFoundError(2, 'No such file or directory', '/models/typo')", "PermanentError"),
+    ("FileNotFoundError(2, 'No such file or directory')", "FileNotFoundError"),  # Celery retries
+    ("ValueError('bad')", "ValueError"),  # not a retried class: the task fails as it is
+])
+def test_a_task_is_retried_only_for_what_is_transient(exc, raised):
+    """Celery retries a task by the error's class (``TRANSIENT``); a task body wrapped in
+    :func:`permanent_unless_transient` turns an error of such a class that a retry would not fix
+    into a :class:`PermanentError` (the original chained), which Celery does not retry."""
+    from asyncpg import exceptions as pgx  # noqa: F401 - used by eval
+
+    from workers.infra.transient import TRANSIENT, permanent_unless_transient
+    from workers.tasks.stage import RETRY
+
+    error = eval(exc)
+
+    @permanent_unless_transient
+    def task(**body):
+        raise error
+
+    with pytest.raises(Exception) as info:
+        task(job_id="j")
+    assert type(info.value).__name__ == raised
+    assert isinstance(info.value, TRANSIENT) is (raised not in ("PermanentError", "ValueError"))
+    assert RETRY["autoretry_for"] == TRANSIENT
+    permanent = raised == "PermanentError"
+    assert (info.value.__cause__ if permanent else info.value) is error  # the original, chained or as is
+    assert str(info.value) == (f"{type(error).__name__}: {error}" if permanent else str(error))
 
 
 def test_a_model_that_is_not_there_is_a_value_error_not_a_retry(tmp_path):
@@ -793,6 +829,7 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             queue = sends[0].queue
             assert len(chunks) > 2 and {s.queue for s in sends} == {queue}
             assert await store.begin_stage("job-1", 1, 0, "w:1") == (1, "running")  # chunk 1 is being judged
+            await store.heartbeat(["w:1"], 60)  # ... by a process alive for the next minute
 
             async def lost(busy=()):
                 return [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1", lost_after_s=4,
@@ -804,11 +841,10 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             others = [c for c in chunks if c != 1]
             assert [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1")] == chunks
             assert await lost() == []  # every chunk was sent (or started) just now
-            await age("chunk_no <> 1")
+            await age()
             assert await lost(busy={queue}) == []  # their queue holds messages: they may be waiting there
             assert await lost(busy={"refit"}) == others  # unsent for 10 s, their own queue empty: sent again
             assert await lost() == []  # ... and marked: not lost again until 4 s pass without a start
-            await store.heartbeat(["w:1"], 4)
             await age()
             assert await lost(busy={queue}) == []  # chunk 1 started 10 s ago by a process alive now: running
             await store.pool.execute("UPDATE worker_heartbeats SET expires_at = now() - interval '1 s'")
@@ -827,6 +863,13 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             assert await lost(busy={queue}) == [0]
             await age()
             assert await lost() == [c for c in chunks if c != 2]  # waiting 10 s, queue empty; w:2 may live
+            # `jobs resume` by hand sends every pending chunk, and lets go of a dead process's chunk:
+            # the sweep then finds it waiting in its queue, not held by the dead process
+            assert await store.begin_stage("job-1", 3, 0, "w:4") == (1, "running")
+            await store.pool.execute("INSERT INTO worker_heartbeats (process, seen_at, expires_at)"
+                                     " VALUES ('w:4', now() - interval '10 s', now() - interval '1 s')")
+            assert [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1")] == chunks
+            assert await lost(busy={queue}) == []
             # a finalize step: lost once the job is untouched for lost_after_s and none runs
             await store.pool.execute("UPDATE jobs SET state = 'finalizing', updated_at = now()")
             kinds = lambda sends: [(s.what, s.queue) for s in sends]  # noqa: E731
@@ -861,10 +904,13 @@ def test_a_sweep_sends_lost_tasks_once_and_one_worker_sweeps_at_a_time(pg_url, r
     """The workers' sweep (:func:`workers.tasks.sweeper.sweep`) on the real broker: chunks planned but
     never sent are not lost until ``lost_after_s`` passes; then one sweep sends each chunk's stage
     task once; later sweeps send nothing while they wait in their queue, and send them again once
-    the queue lost them. While another worker holds the sweep's lock, a sweep does nothing."""
+    the queue lost them. A send that fails releases its claims, so the next sweep tries again. While
+    another worker holds the sweep's lock, or one swept less than an interval ago, a sweep does
+    nothing."""
     import base64
 
     import redis as redis_lib
+    from kombu.exceptions import OperationalError
 
     from workers.tasks import sweeper
     from workers.tasks.app import app_for, queue_depths
@@ -881,8 +927,15 @@ def test_a_sweep_sends_lost_tasks_once_and_one_worker_sweeps_at_a_time(pg_url, r
                 assert await other.fetchval("SELECT pg_try_advisory_lock($1)", sweeper.SWEEP_LOCK)
                 assert await sweeper.sweep(store, app, redis_url, 4) is None
                 await other.execute("SELECT pg_advisory_unlock($1)", sweeper.SWEEP_LOCK)
+            from workers.infra.embedded import free_port
+
+            down = app_for(f"redis://127.0.0.1:{free_port()}/0")  # a broker that is not there
+            with pytest.raises(OperationalError):
+                await sweeper.resend_lost(store, down, redis_url, ["job-1"], 4)
+            # the failed send's claims were released: the next sweep sends at once
             assert await sweeper.sweep(store, app, redis_url, 4) == {"job-1": len(sends)}
             assert queue_depths(redis_url)[queue] == len(sends)
+            assert await sweeper.sweep(store, app, redis_url, 4, every_s=60) is None  # one swept just now
             assert await sweeper.sweep(store, app, redis_url, 4) == {}  # just sent
             await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s'")
             assert await sweeper.sweep(store, app, redis_url, 4) == {}  # still waiting in their queue

@@ -11,6 +11,8 @@ and hides its message.
 
 from __future__ import annotations
 
+import functools
+
 import asyncpg
 from asyncpg import exceptions as pg
 
@@ -25,6 +27,14 @@ CLIENT_ERRORS: tuple[type[BaseException], ...] = (
     pg._base.UnsupportedServerFeatureError,
 )
 _FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+# asyncpg raises its bare InterfaceError both for a link that is gone and for misuse of a connection
+# (another operation in progress on it, a statement given the wrong number of arguments, a cursor
+# outside a transaction): only the first kind is retried
+_LINK_GONE = ("connection is closed", "pool is closing", "pool is closed")
+
+
+class PermanentError(Exception):
+    """An error of a retried class that a retry would not fix (see :func:`permanent_unless_transient`)."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -35,7 +45,24 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, _FILE_ERRORS) and exc.filename is not None:
         return False
+    if type(exc) is asyncpg.InterfaceError:
+        return any(m in str(exc) for m in _LINK_GONE)
     return isinstance(exc, TRANSIENT)
+
+
+def permanent_unless_transient(fn):
+    """Wrap a task body so that an error of a retried class (``TRANSIENT``, which Celery's
+    ``autoretry_for`` matches by class) that :func:`is_transient` says a retry would not fix fails
+    the task at once, as :class:`PermanentError` (the original chained), instead of 8 retries."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TRANSIENT as exc:
+            if is_transient(exc):
+                raise
+            raise PermanentError(describe(exc)) from exc
+    return run
 
 
 def describe(exc: BaseException) -> str:

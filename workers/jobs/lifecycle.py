@@ -203,7 +203,9 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_aft
     chunks = await store.pending_chunks(job_id)
     if not chunks:
         return await _complete(store, kind, job_id)
-    if lost_after_s is not None:
+    if lost_after_s is None:  # by hand: every pending chunk; those lost are marked as sent now
+        await store.claim_lost_chunks(job_id, [c["chunk_no"] for c in chunks], 0.0)
+    else:
         lost = [c for c in await store.pending_chunks(job_id, lost_after_s)
                 if not (c["waiting"] and kind.queue_of(c["stage"], spec, c["chunk_no"]) in busy_queues)]
         chunks = await store.claim_lost_chunks(job_id, [c["chunk_no"] for c in lost], lost_after_s) if lost else []

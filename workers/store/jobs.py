@@ -227,6 +227,26 @@ class JobsMixin:
             f" WHERE c.job_id = $1 AND c.state = $2 AND c.chunk_no = ANY($4::int[]) AND {_LOST}"
             " RETURNING c.chunk_no, c.stage", job_id, ChunkState.PENDING, float(lost_after_s), list(chunk_nos))
 
+    async def release_claims(self, job_id: str, chunk_nos: Sequence[int], finalize: bool, lost_after_s: float) -> None:
+        """Undo a claim whose send failed: the chunks (and the finalize step) count as lost again at
+        once (``updated_at`` back by ``lost_after_s``)."""
+        back = float(lost_after_s) + 1.0
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE chunks SET updated_at = now() - make_interval(secs => $3) WHERE job_id = $1"
+                " AND chunk_no = ANY($2::int[]) AND state = $4 AND last_worker IS NULL",
+                job_id, list(chunk_nos), back, ChunkState.PENDING)
+            if finalize:
+                await conn.execute("UPDATE jobs SET updated_at = now() - make_interval(secs => $2)"
+                                   " WHERE id = $1 AND state = $3", job_id, back, JobState.FINALIZING)
+
+    async def start_sweep(self, conn: asyncpg.Connection, every_s: float) -> bool:
+        """Inside the sweep's lock: True (and the sweep's time recorded) when no worker swept in the
+        last ``every_s`` seconds."""
+        return await conn.fetchval(
+            "INSERT INTO sweeps AS s (id, swept_at) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET swept_at = now()"
+            " WHERE s.swept_at <= now() - make_interval(secs => $1) RETURNING true", float(every_s)) is not None
+
     async def claim_lost_finalize(self, job_id: str, lost_after_s: float) -> bool:
         """True when the job has been ``finalizing``, untouched, for ``lost_after_s`` or more and no
         finalize step runs now (a running one holds the job's row: :meth:`finalize_claim`); the job

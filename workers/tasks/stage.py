@@ -15,7 +15,7 @@ from kombu.exceptions import OperationalError
 
 from schemas.messages import FinalizeTask, StageTask
 from schemas.settings import load_settings
-from workers.infra.transient import CLIENT_ERRORS, TRANSIENT
+from workers.infra.transient import CLIENT_ERRORS, TRANSIENT, permanent_unless_transient
 from workers.jobs import lifecycle
 from workers.tasks import heartbeat, metrics, runtime
 from workers.tasks.app import QUEUES, task_name
@@ -109,5 +109,5 @@ def _count_finalize(store, job_id: str) -> None:
 
 
 for _q in QUEUES:
-    shared_task(name=task_name(_q, "stage"), **RETRY)(run_stage)
-    shared_task(name=task_name(_q, "finalize"), **RETRY)(run_finalize)
+    shared_task(name=task_name(_q, "stage"), **RETRY)(permanent_unless_transient(run_stage))
+    shared_task(name=task_name(_q, "finalize"), **RETRY)(permanent_unless_transient(run_finalize))

@@ -11,13 +11,20 @@ as sent (touched now), so it counts as lost again only if no worker starts it wi
 ``lost_after_s``: a queue without consumers collects one copy per ``lost_after_s`` at most.
 
 Two callers, one rule (:func:`resend_lost`): ``valueflow jobs wait --resume-stalled`` (one job, when
-it stalls) and every worker's sweeper thread (:func:`start`): each worker sweeps every
-``VALUEFLOW_SWEEP_S`` seconds unless another worker is sweeping at that moment (a PostgreSQL
-advisory lock), with ``lost_after_s`` = ``VALUEFLOW_STALL_WARN_S``. Sending twice is harmless (a
+it stalls) and every worker's sweeper thread (:func:`start`): every ``VALUEFLOW_SWEEP_S`` seconds a
+worker sweeps unless another is sweeping at that moment (a PostgreSQL advisory lock) or one swept
+less than an interval ago (table ``sweeps``), so the cluster sweeps about once per interval however
+many workers it has; ``lost_after_s`` = ``VALUEFLOW_STALL_WARN_S``. If a send fails, its claims are
+released, so the next sweep tries again. Sending twice is harmless (a
 stage or finalize that already ran is skipped), so the rule may err towards sending, but a chunk
 waiting in a busy queue or running on a live worker is left alone, so an API judge is not paid
-twice for it. Limit: in a queue that never empties (steady traffic), a lost waiting chunk is sent
-again only once the queue is drained (or by ``valueflow jobs resume``).
+twice for it. Limits: in a queue that never empties (steady traffic), a lost waiting chunk is sent
+again only once the queue is drained (or by ``valueflow jobs resume``); a message a worker has
+taken but not yet started (milliseconds, prefetch 1) is not in the queue's depth, so a chunk that
+waited ``lost_after_s`` can be sent again in that moment; the uptime guard on leases knows a
+PostgreSQL restart, not a failover to a replica or a network partition between workers and the
+database, after which a sweep may re-send chunks that live workers run (a harmless duplicate,
+which may run twice if two workers take both copies at once).
 """
 
 from __future__ import annotations
@@ -50,17 +57,27 @@ async def resend_lost(store: Store, app, broker_url: str, job_ids: Iterable[str]
         except Exception as exc:  # noqa: BLE001 - one job's trouble must not stop the others' recovery
             log.warning("job %s: not recovered (%s: %s)", job_id, type(exc).__name__, exc)
             continue
-        if sends:
+        if not sends:
+            continue
+        try:
             sent[job_id] = await asyncio.to_thread(send, app, sends)
+        except Exception:
+            # claimed but maybe not sent: lost again at once (a copy that did go out is a harmless duplicate)
+            await store.release_claims(job_id, [s.kwargs["chunk_no"] for s in sends if s.what == "stage"],
+                                       any(s.what == "finalize" for s in sends), lost_after_s)
+            raise
     return sent
 
 
-async def sweep(store: Store, app, broker_url: str, lost_after_s: float) -> dict[str, int] | None:
-    """One sweep over every unfinished job, unless another worker is sweeping (then None)."""
+async def sweep(store: Store, app, broker_url: str, lost_after_s: float, every_s: float = 0.0) -> dict[str, int] | None:
+    """One sweep over every unfinished job, unless another worker is sweeping or one swept in the
+    last ``every_s`` seconds (then None)."""
     async with store.pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK):
             return None
         try:
+            if not await store.start_sweep(conn, every_s):
+                return None
             sent = await resend_lost(store, app, broker_url, await store.unfinished_jobs(), lost_after_s)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK)
@@ -78,7 +95,9 @@ async def _sweep_forever(database_url: str, broker_url: str, every_s: float, los
         await asyncio.sleep(every_s)
         try:
             store = store or await asyncio.wait_for(open_store(database_url), timeout=max(every_s, 10.0))
-            await asyncio.wait_for(sweep(store, app, broker_url, lost_after_s), timeout=max(every_s, 60.0))
+            # every_s less a little: workers whose timers drift still sweep about once per interval
+            await asyncio.wait_for(sweep(store, app, broker_url, lost_after_s, 0.9 * every_s),
+                                   timeout=max(every_s, 60.0))
         except Exception as exc:  # noqa: BLE001 - a server may be restarting: sweep again later
             log.warning("sweep for lost tasks failed (%s: %s); trying again in %s s", type(exc).__name__, exc, every_s)
             if store is not None:
