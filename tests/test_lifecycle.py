@@ -664,6 +664,40 @@ def test_a_task_is_retried_only_for_what_is_transient(exc, raised):
     assert str(info.value) == (f"{type(error).__name__}: {error}" if permanent else str(error))
 
 
+def test_a_transient_fault_is_retried_for_as_long_as_it_lasts():
+    """A task whose database is down for longer than a fixed number of backed-off tries (here 12:
+    minutes at 60 s apart) still runs once it is back: it would otherwise give up and leave its
+    chunk held by a live worker. Celery's retry run eagerly, with the stage and finalize tasks'
+    own policy; under a cap of 8 the same task fails."""
+    from celery import Celery
+
+    from workers.tasks.app import QUEUES, make_app, task_name
+    from workers.tasks.stage import RETRY
+
+    app = Celery("retry-policy", broker="memory://")
+    app.conf.task_always_eager = True
+    calls = []
+
+    def down_for(n: int) -> str:
+        calls.append(n)
+        if len(calls) <= n:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return "ran"
+
+    unlimited = app.task(name="unlimited", **RETRY)(down_for)
+    capped = app.task(name="capped", **{**RETRY, "max_retries": 8})(down_for)
+    result = unlimited.apply(args=(12,))
+    assert (result.state, result.result, len(calls)) == ("SUCCESS", "ran", 13)
+    calls.clear()
+    result = capped.apply(args=(12,))
+    assert (result.state, type(result.result), len(calls)) == ("FAILURE", ConnectionRefusedError, 9)
+    tasks = make_app("redis://127.0.0.1:1/0").tasks
+    for q in QUEUES:
+        for what in ("stage", "finalize"):
+            assert tasks[task_name(q, what)].max_retries is None
+            assert tasks[task_name(q, what)].autoretry_for == RETRY["autoretry_for"]
+
+
 def test_a_model_that_is_not_there_is_a_value_error_not_a_retry(tmp_path):
     """transformers says OSError for a missing model; a retry would not find it, so it is a ValueError."""
     from workers.hives.encoder import Encoder

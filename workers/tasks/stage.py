@@ -21,10 +21,13 @@ from workers.tasks import heartbeat, metrics, runtime
 from workers.tasks.app import QUEUES, task_name
 
 # Transient infrastructure faults (a restarted PostgreSQL, a deadlock victim, a dropped socket)
-# are retried with backoff; every task body is idempotent, so a retry never stores anything twice.
-# Other errors fail the chunk or the job (lifecycle), with the error, instead of being retried.
+# are retried with backoff (at most 60 s apart) for as long as they last: a task that gave up after
+# a fixed number of tries while PostgreSQL was down for maintenance would leave its chunk held by a
+# live worker, which no sweep re-sends. A stage that began counts a delivery per try, so
+# VALUEFLOW_MAX_REDELIVERIES bounds those; every task body is idempotent, so a retry never stores
+# anything twice. Other errors fail the chunk or the job (lifecycle), with the error, at once.
 RETRY = dict(autoretry_for=TRANSIENT, dont_autoretry_for=CLIENT_ERRORS, retry_backoff=True, retry_backoff_max=60,
-             retry_jitter=True, max_retries=8)
+             retry_jitter=True, max_retries=None)
 
 
 # A worker's hand-off is committed in PostgreSQL before its message is sent, and a retried task
