@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 import time
 
 import asyncpg
@@ -128,9 +129,13 @@ def test_three_workers_share_one_job(env, workers, tmp_path, pg_url):
     assert len(pids) == 3
     job = _submit(env, inp, "--value", "fidelity", "--chunk-size", "3")
     assert _wait_job(pg_url, job) == "done"
-    by_worker = _q(pg_url, "SELECT last_worker, count(*) AS n FROM chunks WHERE job_id=$1 GROUP BY last_worker", job)
-    assert len(by_worker) == 3, by_worker
-    assert sum(r["n"] for r in by_worker) == 150
+    assert _q(pg_url, "SELECT count(*) AS n FROM chunks WHERE job_id=$1 AND state='done'", job)[0]["n"] == 150
+    # every worker ran stages of this job (chunks.last_worker keeps only the last stage's worker, and a
+    # worker still loading its judge may run no score stage at all), and each of the 150 chunks ran its
+    # two stages once: judge and score
+    ran = [len(re.findall(r"Task valueflow\.\w+\.stage\[[^]]+\] succeeded in [\d.e-]+s: \{'state': 'ran'", f.read_text()))
+           for f in sorted(tmp_path.glob("worker*.log"))]
+    assert len(ran) == 3 and min(ran) >= 1 and sum(ran) == 300, ran
 
 
 def test_job_cancel_and_retry_failed(env, tmp_path, pg_url):
