@@ -53,7 +53,8 @@ def is_transient(exc: BaseException) -> bool:
 def permanent_unless_transient(fn):
     """Wrap a task body so that an error of a retried class (``TRANSIENT``, which Celery's
     ``autoretry_for`` matches by class) that :func:`is_transient` says a retry would not fix fails
-    the task at once, as :class:`PermanentError` (the original chained), instead of 8 retries."""
+    the task at once, as :class:`PermanentError` (the original chained), instead of being retried
+    for as long as it lasts (the stage and finalize tasks set no retry cap)."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
