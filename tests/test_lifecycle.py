@@ -565,6 +565,63 @@ def test_errors_that_would_repeat_fail_the_chunk_or_the_job_and_transient_ones_a
     asyncio.run(go())
 
 
+def test_a_chunk_whose_task_fails_for_good_outside_its_work_is_let_go_for_a_sweep(pg_url, monkeypatch):
+    """A stage's own error fails the chunk; an error after the work (here a bug in the hand-off's
+    bookkeeping) fails the task, which is not retried. The live worker lets go of the chunk, so a
+    sweep finds it lost and sends it again (it would never count a chunk that a live process holds
+    as lost); the delivery stays counted. A transient fault keeps the chunk: the task's retry comes."""
+    from asyncpg import exceptions as pgx
+
+    from schemas.messages import StageTask
+    from schemas.vidb import VidbBuildSpec
+    from tests.test_vidb_build import VALUE, corpus
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_build
+
+    worker = "host:4242:1.0"
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            spec = VidbBuildSpec(input="mem", value=VALUE, judge="simulated", reference="refs.csv", per_text=4,
+                                 scale="minmax", chunk_size=10)
+            sends = await lifecycle.submit(store, vidb_build.KIND, spec, "b-1", vidb_build.planner(spec, corpus(30)[0], []))
+            assert len(sends) >= 3
+            await store.pool.execute("INSERT INTO worker_heartbeats VALUES ($1, now(), now() + interval '1 hour')",
+                                     worker)  # the worker is alive throughout
+            held, bug, fault = (StageTask(**s.kwargs) for s in sends[:3])
+            real_advance = store.advance_chunk
+
+            async def advance(job_id, chunk_no, *args):
+                if chunk_no == bug.chunk_no:
+                    raise RuntimeError("a bug in the bookkeeping")
+                if chunk_no == fault.chunk_no:
+                    raise pgx.AdminShutdownError("terminating connection due to administrator command")
+                return await real_advance(job_id, chunk_no, *args)
+
+            monkeypatch.setattr(store, "advance_chunk", advance)
+            assert await store.begin_stage("b-1", held.chunk_no, 0, worker)  # started, still running
+            with pytest.raises(RuntimeError, match="bookkeeping"):
+                await lifecycle.run_stage(store, Resources(), bug, 5, worker)
+            with pytest.raises(pgx.AdminShutdownError):
+                await lifecycle.run_stage(store, Resources(), fault, 5, worker)
+            rows = {r["chunk_no"]: tuple(r)[1:] for r in await store.pool.fetch(
+                "SELECT chunk_no, state, stage, deliveries, last_worker FROM chunks WHERE job_id = 'b-1'")}
+            assert rows[bug.chunk_no] == ("pending", 0, 1, None)
+            assert rows[fault.chunk_no] == ("pending", 0, 1, worker)
+            assert rows[held.chunk_no] == ("pending", 0, 1, worker)
+            await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s'")
+            lost = {s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "b-1", lost_after_s=4)}
+            # every chunk nobody started is lost (their sends were dropped), and the one let go
+            assert lost == {s.kwargs["chunk_no"] for s in sends} - {held.chunk_no, fault.chunk_no}
+            assert bug.chunk_no in lost
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
 def test_a_local_worker_stops_when_the_command_that_started_it_is_killed(env):
     """--local-worker: the command's worker must not outlive it, even after SIGKILL (an orphaned
     worker would go on taking tasks, with the dead command's settings)."""

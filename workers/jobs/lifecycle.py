@@ -89,7 +89,28 @@ async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deli
     began = await store.begin_stage(msg.job_id, msg.chunk_no, msg.stage, worker)
     if began is None or began[1] != JobState.RUNNING:
         return StageOutcome("skipped", [], StageReport())
-    deliveries = began[0]
+    try:
+        return await _run_begun(store, kind, spec, job, resources, msg, began[0], max_deliveries, t0)
+    except Exception as exc:
+        if not is_transient(exc):
+            # not retried: a chunk this live process holds is never counted lost, so let go of it
+            await _let_go(store, msg, worker)
+        raise
+
+
+async def _let_go(store: Store, msg: StageTask, worker: str) -> None:
+    try:
+        if await store.drop_claim(msg.job_id, msg.chunk_no, msg.stage, worker):
+            log.warning("job %s chunk %s: stage %s failed outside its work; a sweep sends it again", msg.job_id,
+                        msg.chunk_no, msg.stage)
+    except Exception:  # noqa: BLE001 - the task's own error is the one to report
+        log.exception("job %s chunk %s: could not let go of the chunk", msg.job_id, msg.chunk_no)
+
+
+async def _run_begun(store: Store, kind: JobKind, spec: BaseModel, job, resources: Resources, msg: StageTask,
+                     deliveries: int, max_deliveries: int, t0: float) -> StageOutcome:
+    """The stage's work (or its give-up) and the hand-off, once :meth:`Store.begin_stage` counted
+    this delivery."""
     stage = kind.stages[msg.stage]
     ctx = StageContext(store, job, spec, msg.chunk_no, msg.stage, resources)
     state = "ran"

@@ -227,6 +227,16 @@ class JobsMixin:
             f" WHERE c.job_id = $1 AND c.state = $2 AND c.chunk_no = ANY($4::int[]) AND {_LOST}"
             " RETURNING c.chunk_no, c.stage", job_id, ChunkState.PENDING, float(lost_after_s), list(chunk_nos))
 
+    async def drop_claim(self, job_id: str, chunk_no: int, stage: int, worker: str) -> bool:
+        """Let go of a chunk this live process started and can no longer finish (its task failed for
+        good): it counts as waiting again, so a sweep sends it again once it has been untouched for
+        ``lost_after_s`` (its delivery stays counted, so VALUEFLOW_MAX_REDELIVERIES bounds the
+        repeats). True if this process still held it."""
+        return await self.pool.fetchval(
+            "UPDATE chunks SET last_worker = NULL, updated_at = now() WHERE job_id = $1 AND chunk_no = $2"
+            " AND stage = $3 AND state = $4 AND last_worker = $5 RETURNING true",
+            job_id, chunk_no, stage, ChunkState.PENDING, worker) is not None
+
     async def release_claims(self, job_id: str, chunk_nos: Sequence[int], finalize: bool, lost_after_s: float) -> None:
         """Undo a claim whose send failed: the chunks (and the finalize step) count as lost again at
         once (``updated_at`` back by ``lost_after_s``)."""
