@@ -565,11 +565,13 @@ def test_errors_that_would_repeat_fail_the_chunk_or_the_job_and_transient_ones_a
     asyncio.run(go())
 
 
-def test_a_chunk_whose_task_fails_for_good_outside_its_work_is_let_go_for_a_sweep(pg_url, monkeypatch):
-    """A stage's own error fails the chunk; an error after the work (here a bug in the hand-off's
-    bookkeeping) fails the task, which is not retried. The live worker lets go of the chunk, so a
-    sweep finds it lost and sends it again (it would never count a chunk that a live process holds
-    as lost); the delivery stays counted. A transient fault keeps the chunk: the task's retry comes."""
+def test_a_worker_whose_stage_task_fails_lets_go_of_the_chunk(pg_url, monkeypatch):
+    """A stage's own error fails the chunk; an error after the work (here in the hand-off's
+    bookkeeping) fails the task. A sweep never counts a chunk that a live process holds as lost, so
+    the worker lets go of it: after a bug a sweep sends it again; after a transient fault the task's
+    retry takes it (or a sweep, should Celery drop the retry); once its deliveries are spent, an
+    error no retry fixes fails the chunk, and the sweep completes the job. A chunk a live worker is
+    still running is left alone."""
     from asyncpg import exceptions as pgx
 
     from schemas.messages import StageTask
@@ -587,17 +589,18 @@ def test_a_chunk_whose_task_fails_for_good_outside_its_work_is_let_go_for_a_swee
             spec = VidbBuildSpec(input="mem", value=VALUE, judge="simulated", reference="refs.csv", per_text=4,
                                  scale="minmax", chunk_size=10)
             sends = await lifecycle.submit(store, vidb_build.KIND, spec, "b-1", vidb_build.planner(spec, corpus(30)[0], []))
-            assert len(sends) >= 3
+            assert len(sends) >= 4
             await store.pool.execute("INSERT INTO worker_heartbeats VALUES ($1, now(), now() + interval '1 hour')",
                                      worker)  # the worker is alive throughout
-            held, bug, fault = (StageTask(**s.kwargs) for s in sends[:3])
+            held, bug, fault, spent = (StageTask(**s.kwargs) for s in sends[:4])
             real_advance = store.advance_chunk
+            fail_again = {bug.chunk_no, fault.chunk_no, spent.chunk_no}
 
             async def advance(job_id, chunk_no, *args):
-                if chunk_no == bug.chunk_no:
+                if chunk_no in fail_again:
+                    if chunk_no == fault.chunk_no:
+                        raise pgx.AdminShutdownError("terminating connection due to administrator command")
                     raise RuntimeError("a bug in the bookkeeping")
-                if chunk_no == fault.chunk_no:
-                    raise pgx.AdminShutdownError("terminating connection due to administrator command")
                 return await real_advance(job_id, chunk_no, *args)
 
             monkeypatch.setattr(store, "advance_chunk", advance)
@@ -606,16 +609,32 @@ def test_a_chunk_whose_task_fails_for_good_outside_its_work_is_let_go_for_a_swee
                 await lifecycle.run_stage(store, Resources(), bug, 5, worker)
             with pytest.raises(pgx.AdminShutdownError):
                 await lifecycle.run_stage(store, Resources(), fault, 5, worker)
-            rows = {r["chunk_no"]: tuple(r)[1:] for r in await store.pool.fetch(
-                "SELECT chunk_no, state, stage, deliveries, last_worker FROM chunks WHERE job_id = 'b-1'")}
-            assert rows[bug.chunk_no] == ("pending", 0, 1, None)
-            assert rows[fault.chunk_no] == ("pending", 0, 1, worker)
-            assert rows[held.chunk_no] == ("pending", 0, 1, worker)
+            with pytest.raises(RuntimeError, match="bookkeeping"):  # its one delivery spent (limit 0): gives up
+                await lifecycle.run_stage(store, Resources(), spent, 0, worker)
+
+            async def chunks():
+                return {r["chunk_no"]: tuple(r)[1:] for r in await store.pool.fetch(
+                    "SELECT chunk_no, state, deliveries, last_worker, error FROM chunks WHERE job_id = 'b-1'")}
+
+            rows = await chunks()
+            assert rows[bug.chunk_no] == ("pending", 1, None, None)
+            assert rows[fault.chunk_no] == ("pending", 1, None, None)
+            assert rows[spent.chunk_no] == ("failed", 1, worker, "stage judge: RuntimeError: a bug in the bookkeeping")
+            assert rows[held.chunk_no] == ("pending", 1, worker, None)
+            fail_again.discard(fault.chunk_no)  # PostgreSQL is back: the retry takes the chunk and finishes it
+            assert (await lifecycle.run_stage(store, Resources(), fault, 5, worker)).state == "ran"
+            assert (await chunks())[fault.chunk_no][:3] == ("done", 2, worker)
             await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s'")
             lost = {s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "b-1", lost_after_s=4)}
-            # every chunk nobody started is lost (their sends were dropped), and the one let go
-            assert lost == {s.kwargs["chunk_no"] for s in sends} - {held.chunk_no, fault.chunk_no}
-            assert bug.chunk_no in lost
+            # the chunks nobody started (their sends were dropped here) and the one let go after a bug
+            assert lost == {s.kwargs["chunk_no"] for s in sends} - {held.chunk_no, fault.chunk_no, spent.chunk_no}
+            # once no chunk is pending, the sweep completes the job, failed for its failed chunk
+            # (`jobs resume --retry-failed` runs that chunk again)
+            await store.pool.execute("UPDATE chunks SET state = 'done' WHERE job_id = 'b-1' AND state = 'pending'")
+            assert await lifecycle.resume(store, "b-1", lost_after_s=4) == []
+            job = await store.job("b-1")
+            assert (job["state"], job["error"]) == (
+                "failed", "1 chunk(s) failed; first: stage judge: RuntimeError: a bug in the bookkeeping")
         finally:
             await store.close()
 

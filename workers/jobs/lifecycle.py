@@ -92,19 +92,23 @@ async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deli
     try:
         return await _run_begun(store, kind, spec, job, resources, msg, began[0], max_deliveries, t0)
     except Exception as exc:
-        if not is_transient(exc):
-            # not retried: a chunk this live process holds is never counted lost, so let go of it
-            await _let_go(store, msg, worker)
+        # A sweep never counts a chunk that a live process holds as lost, and the task's retry may
+        # never come (Celery drops a retry it cannot publish): let go of the chunk (a retry's
+        # begin_stage takes it again), or fail it once its deliveries are spent and no retry would fix it.
+        spent = began[0] > max_deliveries and not is_transient(exc)
+        await _let_go(store, msg, worker, f"stage {kind.stages[msg.stage].name}: {describe(exc)}" if spent else None)
         raise
 
 
-async def _let_go(store: Store, msg: StageTask, worker: str) -> None:
+async def _let_go(store: Store, msg: StageTask, worker: str, error: str | None) -> None:
     try:
-        if await store.drop_claim(msg.job_id, msg.chunk_no, msg.stage, worker):
-            log.warning("job %s chunk %s: stage %s failed outside its work; a sweep sends it again", msg.job_id,
-                        msg.chunk_no, msg.stage)
-    except Exception:  # noqa: BLE001 - the task's own error is the one to report
-        log.exception("job %s chunk %s: could not let go of the chunk", msg.job_id, msg.chunk_no)
+        if error is not None:
+            await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, error)  # a sweep completes the job
+        elif await store.drop_claim(msg.job_id, msg.chunk_no, msg.stage, worker):
+            log.warning("job %s chunk %s: stage %s failed outside its work; it waits to be sent again",
+                        msg.job_id, msg.chunk_no, msg.stage)
+    except Exception as exc:  # noqa: BLE001 - the task's own error is the one to report
+        log.warning("job %s chunk %s: could not let go of the chunk (%s)", msg.job_id, msg.chunk_no, describe(exc))
 
 
 async def _run_begun(store: Store, kind: JobKind, spec: BaseModel, job, resources: Resources, msg: StageTask,

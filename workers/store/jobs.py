@@ -15,7 +15,8 @@ import asyncpg
 from schemas.states import ChunkState, JobState
 
 # A pending chunk is *waiting* when its stage task should be in a queue: no worker started it in its
-# stage, or a recoverer sent it again (:meth:`Store.claim_lost_chunks` clears ``last_worker``).
+# stage, a recoverer sent it again (:meth:`Store.claim_lost_chunks` clears ``last_worker``), or the
+# worker whose task failed let go of it (:meth:`Store.drop_claim`).
 _WAITING = "(c.deliveries = 0 OR c.last_worker IS NULL)"
 # A pending chunk may be *lost* ($3 = lost_after_s) when it has been waiting, untouched, that long
 # (whether its task is still in a queue is the caller's question: the broker's queue depth), or a
@@ -228,10 +229,10 @@ class JobsMixin:
             " RETURNING c.chunk_no, c.stage", job_id, ChunkState.PENDING, float(lost_after_s), list(chunk_nos))
 
     async def drop_claim(self, job_id: str, chunk_no: int, stage: int, worker: str) -> bool:
-        """Let go of a chunk this live process started and can no longer finish (its task failed for
-        good): it counts as waiting again, so a sweep sends it again once it has been untouched for
-        ``lost_after_s`` (its delivery stays counted, so VALUEFLOW_MAX_REDELIVERIES bounds the
-        repeats). True if this process still held it."""
+        """Let go of a chunk this live process started and whose task failed: it counts as waiting
+        again, so a retry's :meth:`begin_stage` takes it, or else a sweep sends it again once it has
+        been untouched for ``lost_after_s``. Its delivery stays counted. True if this process still
+        held it."""
         return await self.pool.fetchval(
             "UPDATE chunks SET last_worker = NULL, updated_at = now() WHERE job_id = $1 AND chunk_no = $2"
             " AND stage = $3 AND state = $4 AND last_worker = $5 RETURNING true",
