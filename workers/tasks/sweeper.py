@@ -2,7 +2,8 @@
 
 Lost work (:func:`workers.jobs.lifecycle.resume` with ``lost_after_s``; the rule itself:
 ``workers/store/jobs.py``, ``_LOST``): a chunk waiting for a worker (never started in its stage,
-or sent again by a recoverer), untouched for ``lost_after_s``, whose queue holds no messages (its
+or sent again by a recoverer, or let go by a live worker whose task for it failed), untouched for
+``lost_after_s``, whose queue holds no messages (its
 task is not waiting behind others: a restarted Redis, or a send that never happened, lost it); a
 chunk whose worker process is dead (its heartbeat lease expired: SIGKILL, an OOM kill, a lost node,
 whose message Redis would hold until the visibility timeout, hours), busy queue or not; a finalize
