@@ -192,7 +192,7 @@ def test_task_round_trip_through_broker_to_worker_subprocess(queue, env, workers
     workers.start(queues=queue)
     app = app_for(env["VALUEFLOW_BROKER_URL"])
     res = app.send_task("valueflow.ping", kwargs={"payload": f"hello-{queue}"}, queue=queue, ignore_result=False)
-    out = res.get(timeout=120)
+    out = res.get(timeout=300)
     assert out["payload"] == f"hello-{queue}" and out["queue"] == queue
     assert out["pid"] != os.getpid()
 

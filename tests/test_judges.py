@@ -141,15 +141,16 @@ def test_structured_output_falls_back_to_free_text(server):
 def test_once_the_server_takes_a_form_the_questions_go_concurrently_again():
     """Only the first schema-carrying request runs alone (it finds out the form); the rest of the
     batch goes up to the concurrency limit, every one with the form the server took."""
-    with ServerThread(delay=0.05) as s:
+    with ServerThread(delay=0.3) as s:  # long enough that a loaded machine still opens a wave's connections in time
         windows = [[f"text {i} {j}" for j in range(4)] for i in range(40)]
         judge = _judge(s.url, "ok", concurrency=4, structured="auto")
         rs = asyncio.run(_rank(judge, windows))
         assert all(r.ok for r in rs) and judge.structured_format == "json_schema"
         assert s.server.requests == s.server.with_schema == 40 and s.server.max_in_flight == 4
         assert {f["type"] for f in s.server.formats["ok"]} == {"json_schema"}
-        t = s.server.arrivals  # the first request went alone (answered after 0.05 s), then a full wave
-        assert t[1] - t[0] >= 0.04 and sum(1 for x in t[1:] if x - t[1] < 0.045) == 4
+        t = s.server.arrivals  # the first request went alone (answered after 0.3 s), then a full wave
+        # (the next wave cannot arrive before 0.3 s after the first: a slot frees after an answer)
+        assert t[1] - t[0] >= 0.25 and sum(1 for x in t[1:] if x - t[1] < 0.27) == 4
 
 
 def test_a_failure_that_says_nothing_about_the_form_stops_the_others_waiting():
@@ -243,17 +244,14 @@ def local_judge(local_home):
 
 
 def test_local_model_conversion_is_cached(local_judge, local_home):
-    import time
-
     from workers.judges.config import BUILTIN
     from workers.judges.local_llm import LocalLLMJudge, converted_dir, smollm2_gguf
 
     target = converted_dir(smollm2_gguf(), local_home)
     stamp = (target / "model.safetensors").stat().st_mtime
-    t0 = time.monotonic()
     again = LocalLLMJudge(BUILTIN["smollm2"], home=local_home)
     assert (target / "model.safetensors").stat().st_mtime == stamp  # not converted twice
-    assert time.monotonic() - t0 < 10 and again.lm.config.model_type == "llama"
+    assert again.lm.config.model_type == "llama"
 
 
 def test_local_llm_judge_ranks_real_windows(local_judge, capsys):

@@ -292,7 +292,7 @@ def test_kill_9_during_a_refit_then_resume_writes_exactly_one_identical_version(
 
     workers.start()
     run_cli(["jobs", "resume", job_id], env, check=True)
-    run_cli(["jobs", "wait", job_id, "--timeout", "120"], env, check=True)
+    run_cli(["jobs", "wait", job_id, "--timeout", "300"], env, check=True, timeout=360)
     job = asyncio.run(q("SELECT state, finalize_runs FROM jobs WHERE id = $1", job_id))[0]
     assert (job["state"], job["finalize_runs"]) == ("done", 1)
     vs = asyncio.run(q("SELECT version, kind, job_id FROM vidb_versions ORDER BY version"))
