@@ -138,6 +138,14 @@ def workers(env, tmp_path):
     w.stop_all()
 
 
+def wait_until(condition, timeout_s: float, every_s: float = 0.2) -> None:
+    """Poll ``condition()`` until it is true or ``timeout_s`` has passed; the caller asserts the
+    outcome (what a worker writes after its task returns may trail what the test waited on)."""
+    end = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < end:
+        time.sleep(every_s)
+
+
 def run_cli(args: list[str], env: dict, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "scheduler.cli", *args], env=env, capture_output=True, text=True,
                          timeout=timeout, cwd=ROOT)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, open_test_store, run_cli
+from tests.conftest import ROOT, open_test_store, run_cli, wait_until
 from tests.fake_openai import ServerThread
 from tests.test_score_job import _q, _submit, _wait_job, _write_inputs
 
@@ -220,9 +220,7 @@ def test_worker_metrics_port_serves_real_values_after_a_job(env, workers, tmp_pa
     assert _wait_job(pg_url, job) == "done"
     # a task records its metrics after its hand-off (the job may be done already), and its
     # task-succeeded event only once it has returned: wait for the events, then scrape
-    deadline = time.monotonic() + 60
-    while events.count("task-succeeded") < 9 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: events.count("task-succeeded") >= 9, 60)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
 
     def metric(name, **labels):
@@ -1105,9 +1103,7 @@ def test_workers_send_lost_tasks_again_when_nobody_watches(env, workers, tmp_pat
         lines = [json.loads(ln) for ln in logs.splitlines() if ln.startswith('{"event": "chunk"')]
         return logs, sorted((r["chunk"], r["stage"]) for r in lines if r["job"] == job)
 
-    end = time.monotonic() + 30
-    while len(ran()[1]) < len(expected) and time.monotonic() < end:
-        time.sleep(0.2)
+    wait_until(lambda: len(ran()[1]) >= len(expected), 30)
     logs, stages = ran()
     assert f"job {job}: re-enqueued {n_chunks} lost task(s)" in logs
     assert stages == expected

@@ -11,7 +11,7 @@ import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 from scipy.stats import spearmanr
 
-from tests.conftest import run_cli, shared_data, vidb_sample
+from tests.conftest import run_cli, shared_data, vidb_sample, wait_until
 
 
 def _q(url, sql, *args):
@@ -144,9 +144,7 @@ def test_three_workers_share_one_job(env, workers, tmp_path, pg_url):
         return [len(re.findall(r"Task valueflow\.\w+\.stage\[[^]]+\] succeeded in [\d.e-]+s: \{'state': 'ran'",
                                f.read_text())) for f in sorted(tmp_path.glob("worker*.log"))]
 
-    end = time.monotonic() + 60
-    while sum(ran()) < 300 and time.monotonic() < end:
-        time.sleep(0.2)
+    wait_until(lambda: sum(ran()) >= 300, 60)
     counts = ran()
     assert len(counts) == 3 and min(counts) >= 1 and sum(counts) == 300, counts
 
@@ -273,14 +271,10 @@ def test_broker_and_database_restart_mid_job_lose_and_duplicate_nothing(tmp_path
             return _q(pg_url, "SELECT count(*) AS n FROM windows WHERE job_id=$1 AND state='done'", job)[0]["n"]
 
         def gone(pid):  # a killed server's port and files are free once its process is gone
-            end = time.monotonic() + 60
-            while time.monotonic() < end:
-                try:
-                    if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                        return
-                except psutil.NoSuchProcess:
-                    return
-                time.sleep(0.1)
+            try:
+                return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
 
         def wait_done(n):
             end = time.monotonic() + 300
@@ -290,12 +284,12 @@ def test_broker_and_database_restart_mid_job_lose_and_duplicate_nothing(tmp_path
         wait_done(60)
         assert done() < 600, "the broker must die mid-job"
         os.kill(state["redis"]["pid"], signal.SIGKILL)  # the broker dies with queued tasks
-        gone(state["redis"]["pid"])
+        wait_until(lambda: gone(state["redis"]["pid"]), 60, 0.1)
         run_cli(["up"], embedded, check=True)  # restarts Redis on the same port
         wait_done(done() + 30)  # progress resumes after the broker restart
         assert done() < 600, "the database must die mid-job"
         os.kill(state["postgres"]["pid"], signal.SIGKILL)  # then the database
-        gone(state["postgres"]["pid"])
+        wait_until(lambda: gone(state["postgres"]["pid"]), 60, 0.1)
         time.sleep(2)  # its backends notice the postmaster's death and exit
         up = run_cli(["up"], embedded, check=True)
         assert urls["database"].strip() in up.stdout and urls["broker"].strip() in up.stdout
