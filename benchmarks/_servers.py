@@ -45,7 +45,9 @@ def create_db(admin: str = ADMIN_PG) -> tuple[str, str]:
     """A fresh scratch database on the admin URL's server: (url, name)."""
     name = f"vf_bench_{uuid.uuid4().hex[:8]}"
     asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
-    return admin.rsplit("/", 1)[0] + f"/{name}", name
+    from workers.infra.urls import with_database
+
+    return with_database(admin, name), name
 
 
 def drop_db(name: str, admin: str = ADMIN_PG) -> None:

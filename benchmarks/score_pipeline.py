@@ -55,7 +55,9 @@ async def scratch_urls() -> tuple[str, str, str | None]:
     conn = await asyncpg.connect(db)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
-    return db.rsplit("/", 1)[0] + f"/{name}", broker, name
+    from workers.infra.urls import with_database
+
+    return with_database(db, name), broker, name
 
 
 def _chunks(rows: list, size: int = 10_000):

@@ -53,6 +53,7 @@ from workers.vidb import search as S  # noqa: E402
 from workers.vidb.design import balanced_design  # noqa: E402
 
 PRIOR = 0.1
+BENCH_REDIS_DB = 15  # the queue run's Redis database on the configured (or embedded) broker
 tune_malloc()  # the allocator settings every worker runs with, so in-process and queued fits compare
 
 
@@ -218,10 +219,10 @@ class PassCounter:
 
 # -- through the queue ---------------------------------------------------------------------------------------
 async def scratch_urls():
+    from workers.infra.urls import resolve_urls, with_database, with_redis_db
+
     db, broker = os.environ.get("VALUEFLOW_DATABASE_URL"), os.environ.get("VALUEFLOW_BROKER_URL")
     if not db:
-        from workers.infra.urls import resolve_urls
-
         db, broker = resolve_urls()
     import asyncpg
     import uuid
@@ -230,7 +231,9 @@ async def scratch_urls():
     conn = await asyncpg.connect(db)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
-    return db.rsplit("/", 1)[0] + f"/{name}", broker, db, name
+    # its own Redis database too: workers already serving the configured broker (the embedded
+    # default's included) must not take the benchmark's tasks, nor its workers theirs
+    return with_database(db, name), with_redis_db(broker, BENCH_REDIS_DB), db, name
 
 
 def inprocess_rate(n_texts, per_text, refs, beta):
@@ -271,11 +274,12 @@ async def queue_rate(n_texts, per_text, refs, beta, n_workers):
 
     url, broker, admin, name = await scratch_urls()
     env = dict(os.environ, VALUEFLOW_DATABASE_URL=url, VALUEFLOW_BROKER_URL=broker, VALUEFLOW_TORCH_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-Q", "default,refit", "-c", "1",
-                               "--loglevel", "WARNING"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(n_workers)]
-    store = await open_store(url)
+    procs, store = [], None
     try:
+        procs = [subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-Q", "default,refit", "-c", "1",
+                                   "--loglevel", "WARNING"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(n_workers)]
+        store = await open_store(url)
         rng = np.random.default_rng(0)
         theta = rng.normal(0, 1.5, n_texts)
         rows = [InputRow(i + 1, f"t{i}", tag(f"text {i}", t)) for i, t in enumerate(theta)]
@@ -293,8 +297,9 @@ async def queue_rate(n_texts, per_text, refs, beta, n_workers):
                                      " WHERE i.job_id = $1 ORDER BY i.item_no", job)
         sp = float(spearmanr([r["utility"] for r in rho], theta).statistic) if rho else None
         return state, n / wall, int(n), wall, sp
-    finally:
-        await store.close()
+    finally:  # the workers and the scratch database go whatever happened
+        if store is not None:
+            await store.close()
         for p in procs:
             try:
                 os.killpg(p.pid, 15)

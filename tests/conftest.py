@@ -19,6 +19,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from workers.infra.urls import with_database
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "valueflow-data"
 ADMIN_PG = os.environ.get("VALUEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -53,8 +55,7 @@ async def _admin(sql: str) -> None:
 
 
 def _db_url(name: str) -> str:
-    base, _, _ = ADMIN_PG.rpartition("/")
-    return f"{base}/{name}"
+    return with_database(ADMIN_PG, name)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import ROOT, open_test_store, run_cli
+from workers.infra.urls import with_database, with_redis_db
 from workers.store import upgrade
 
 
@@ -209,6 +210,35 @@ def test_malformed_database_url_gives_one_line_error(tmp_path):
     assert res.returncode != 0 and "VALUEFLOW_DATABASE_URL" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+async def _in_scratch_database(url):
+    scratch = with_database(url, "vf scratch")
+    assert scratch.split("?")[1] == url.split("?")[1]  # same server options (the socket folder)
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute('CREATE DATABASE "vf scratch"')
+        conn = await asyncpg.connect(scratch)
+        try:
+            assert await conn.fetchval("SELECT current_database()") == "vf scratch"
+        finally:
+            await conn.close()
+        await admin.execute('DROP DATABASE "vf scratch"')
+    finally:
+        await admin.close()
+
+
+def test_url_helpers_rename_only_the_database():
+    assert with_database("postgresql://u:p@db.example:5433/prod?sslmode=require", "vf_1") == \
+        "postgresql://u:p@db.example:5433/vf_1?sslmode=require"
+    assert with_database("postgresql://postgres:@/postgres?host=/state/pgdata", "vf_2") == \
+        "postgresql://postgres:@/vf_2?host=/state/pgdata"
+    with pytest.raises(ValueError, match="not a PostgreSQL URL"):
+        with_database("redis://127.0.0.1:6379/0", "x")
+    assert with_redis_db("redis://:pw@127.0.0.1:44185/0", 15) == "redis://:pw@127.0.0.1:44185/15"
+    assert with_redis_db("redis://127.0.0.1:6379", 3) == "redis://127.0.0.1:6379/3"
+    with pytest.raises(ValueError, match="not a Redis URL"):
+        with_redis_db("postgresql://u@h/db", 1)
+
+
 def test_embedded_default_starts_serves_is_reused_and_stops(tmp_path):
     e = os.environ.copy()
     for var in ("VALUEFLOW_DATABASE_URL", "VALUEFLOW_BROKER_URL"):
@@ -218,6 +248,10 @@ def test_embedded_default_starts_serves_is_reused_and_stops(tmp_path):
     try:
         first = run_cli(["up"], e, check=True)
         assert (home / "pgdata" / "PG_VERSION").exists()
+        # the benchmarks' scratch databases live next to the embedded one: its socket URL, renamed
+        db_url = first.stdout.split()[1]
+        assert "?host=" in db_url
+        asyncio.run(_in_scratch_database(db_url))
         # a round trip through the embedded broker and database: the main job on two texts
         inp = tmp_path / "in.jsonl"
         inp.write_text('{"id": "a", "text": "I helped my neighbour carry her shopping."}\n'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from typing import Callable, ContextManager
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from schemas.settings import load_settings
 
@@ -23,3 +24,21 @@ def resolve_urls(while_starting: Callable[[], ContextManager] | None = None) -> 
         env = ensure_running(settings.home)
     os.environ.update(env)
     return env["VALUEFLOW_DATABASE_URL"], env["VALUEFLOW_BROKER_URL"]
+
+
+def with_database(url: str, name: str) -> str:
+    """The PostgreSQL URL ``url`` with its database replaced by ``name``: same server, user and
+    options. Works for TCP URLs (``postgresql://u@host:5432/db``) and for the embedded default's
+    socket URL (``postgresql://postgres:@/postgres?host=/state/pgdata``), whose query holds a path."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"not a PostgreSQL URL: {url!r}")
+    return urlunsplit(parts._replace(path="/" + quote(name, safe="")))
+
+
+def with_redis_db(url: str, db: int) -> str:
+    """The Redis URL ``url`` pointing at database number ``db`` of the same server."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"not a Redis URL: {url!r}")
+    return urlunsplit(parts._replace(path=f"/{int(db)}"))
