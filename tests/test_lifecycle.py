@@ -943,9 +943,11 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             assert await store.begin_stage("job-1", 1, 0, "w:1") == (1, "running")  # chunk 1 is being judged
             await store.heartbeat(["w:1"], 60)  # ... by a process alive for the next minute
 
-            async def lost(busy=()):
+            async def lost(oldest=None):
                 return [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1", lost_after_s=4,
-                                                                             busy_queues=busy)]
+                                                                             oldest_sent=oldest)]
+
+            busy = {queue: float("-inf")}  # it holds messages that do not say when they were sent
 
             async def age(where="true"):
                 await store.pool.execute(f"UPDATE chunks SET updated_at = now() - interval '10 s' WHERE {where}")
@@ -954,25 +956,32 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             assert [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1")] == chunks
             assert await lost() == []  # every chunk was sent (or started) just now
             await age()
-            assert await lost(busy={queue}) == []  # their queue holds messages: they may be waiting there
-            assert await lost(busy={"refit"}) == others  # unsent for 10 s, their own queue empty: sent again
+            assert await lost(busy) == []  # their queue holds messages: they may be waiting there
+            # its oldest message was sent 8 s ago, 2 s after the chunks were touched (sent): they may be
+            # waiting behind it (a touch precedes its send by up to lost_after_s)
+            assert await lost({queue: time.time() - 8}) == []
+            # its oldest message was sent just now, 10 s after them: FIFO, so theirs left the queue
+            # (a restarted Redis lost them while new work kept the queue busy): sent again
+            assert await lost({queue: time.time()}) == others
+            await age()
+            assert await lost({"refit": float("-inf")}) == others  # unsent for 10 s, their queue empty
             assert await lost() == []  # ... and marked: not lost again until 4 s pass without a start
             await age()
-            assert await lost(busy={queue}) == []  # chunk 1 started 10 s ago by a process alive now: running
+            assert await lost(busy) == []  # chunk 1 started 10 s ago by a process alive now: running
             await store.pool.execute("UPDATE worker_heartbeats SET expires_at = now() - interval '1 s'")
-            assert await lost(busy={queue}) == [1]  # its process's lease ran out: it died with the chunk
-            assert await lost(busy={queue}) == []  # sent again: it now waits like the others
+            assert await lost(busy) == [1]  # its process's lease ran out: it died with the chunk
+            assert await lost(busy) == []  # sent again: it now waits like the others
             # a lease that ran out while the database was down (here: one longer than the server's
             # uptime) is no sign of death: live workers get a lease's time to beat again
             assert await store.begin_stage("job-1", 2, 0, "w:2") == (1, "running")
             await store.pool.execute("INSERT INTO worker_heartbeats (process, seen_at, expires_at)"
                                      " VALUES ('w:2', now() - interval '100 years', now() - interval '1 s')")
-            assert await lost(busy={queue}) == []
+            assert await lost(busy) == []
             # a process that never beat (a worker older than heartbeats): lost once untouched for 4 s
             assert await store.begin_stage("job-1", 0, 0, "w:3") == (1, "running")
-            assert await lost(busy={queue}) == []
+            assert await lost(busy) == []
             await age("chunk_no = 0")
-            assert await lost(busy={queue}) == [0]
+            assert await lost(busy) == [0]
             await age()
             assert await lost() == [c for c in chunks if c != 2]  # waiting 10 s, queue empty; w:2 may live
             # `jobs resume` by hand sends every pending chunk, and lets go of a dead process's chunk:
@@ -981,7 +990,7 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             await store.pool.execute("INSERT INTO worker_heartbeats (process, seen_at, expires_at)"
                                      " VALUES ('w:4', now() - interval '10 s', now() - interval '1 s')")
             assert [s.kwargs["chunk_no"] for s in await lifecycle.resume(store, "job-1")] == chunks
-            assert await lost(busy={queue}) == []
+            assert await lost(busy) == []
             # a finalize step: lost once the job is untouched for lost_after_s and none runs
             await store.pool.execute("UPDATE jobs SET state = 'finalizing', updated_at = now()")
             kinds = lambda sends: [(s.what, s.queue) for s in sends]  # noqa: E731
@@ -989,7 +998,8 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             assert fin == [("finalize", fin[0][1])]  # by hand: sent whatever runs
             assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []
             await store.pool.execute("UPDATE jobs SET updated_at = now() - interval '10 s'")
-            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4, busy_queues={fin[0][1]})) == []
+            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4,
+                                                oldest_sent={fin[0][1]: time.time() - 9})) == []
             async with store.finalize_claim("job-1") as running:  # a worker runs the finalize step
                 assert running is not None
                 assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []
@@ -1024,8 +1034,10 @@ def test_a_sweep_sends_lost_tasks_once_and_one_worker_sweeps_at_a_time(pg_url, r
     import redis as redis_lib
     from kombu.exceptions import OperationalError
 
+    from workers.jobs import lifecycle
     from workers.tasks import sweeper
     from workers.tasks.app import app_for, queue_depths
+    from workers.tasks.stage import send
 
     async def go():
         store = await open_test_store(pg_url)
@@ -1049,15 +1061,33 @@ def test_a_sweep_sends_lost_tasks_once_and_one_worker_sweeps_at_a_time(pg_url, r
             assert queue_depths(redis_url)[queue] == len(sends)
             assert await sweeper.sweep(store, app, redis_url, 4, every_s=60) is None  # one swept just now
             assert await sweeper.sweep(store, app, redis_url, 4) == {}  # just sent
-            await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s'")
-            assert await sweeper.sweep(store, app, redis_url, 4) == {}  # still waiting in their queue
             r = redis_lib.Redis.from_url(redis_url)
+
+            async def ten_seconds_pass():  # for the chunks' last touch and their messages' send times
+                await store.pool.execute("UPDATE chunks SET updated_at = now() - interval '10 s'")
+                for i in range(r.llen(queue)):
+                    m = json.loads(r.lindex(queue, i))
+                    m["headers"]["vf_sent"] -= 10
+                    r.lset(queue, i, json.dumps(m))
+
+            await ten_seconds_pass()
+            assert await sweeper.sweep(store, app, redis_url, 4) == {}  # still waiting in their queue
             bodies = [json.loads(base64.b64decode(json.loads(m)["body"]))[1] for m in r.lrange(queue, 0, -1)]
             assert sorted(b["chunk_no"] for b in bodies) == sorted(s.kwargs["chunk_no"] for s in sends)
             assert {b["stage"] for b in bodies} == {0}
             r.flushdb()  # lost again (a restarted Redis): the next sweep sends them again
             assert await sweeper.sweep(store, app, redis_url, 4) == {"job-1": len(sends)}
             assert queue_depths(redis_url)[queue] == len(sends)
+            await ten_seconds_pass()
+            assert await sweeper.sweep(store, app, redis_url, 4) == {}
+            # lost while new work keeps their queue busy (a Redis restarted, then another job's task
+            # came): its oldest message was sent 10 s after they were, so theirs left it: sent again
+            r.delete(queue)
+            send(app, [lifecycle.Send("stage", queue, {"job_id": "job-2", "chunk_no": 0, "stage": 0})])
+            assert await sweeper.sweep(store, app, redis_url, 4) == {"job-1": len(sends)}
+            assert queue_depths(redis_url)[queue] == len(sends) + 1
+            await ten_seconds_pass()  # the other job's task is now the oldest, sent with theirs
+            assert await sweeper.sweep(store, app, redis_url, 4) == {}
         finally:
             await store.close()
 

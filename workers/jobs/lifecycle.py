@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Collection, Literal
+from typing import Awaitable, Callable, Literal, Mapping
 
 from pydantic import BaseModel
 
@@ -196,18 +196,29 @@ async def run_finalize(store: Store, resources: Resources, job_id: str) -> bool:
 
 
 # -- resume ------------------------------------------------------------------------------------------
+def _gone_from_queue(queue: str, touched: float, lost_after_s: float, oldest_sent: Mapping[str, float]) -> bool:
+    """Whether a task sent when its chunk (or job) was last touched (``touched``, epoch seconds)
+    can no longer be waiting in ``queue``: the queue is empty, or its oldest message was sent more
+    than ``lost_after_s`` after that (FIFO: everything sent before it has left the queue). The
+    slack absorbs the gap between the touch and the send, and the skew between the database's
+    clock and the sender's."""
+    return queue not in oldest_sent or oldest_sent[queue] > touched + lost_after_s
+
+
 async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_after_s: float | None = None,
-                 busy_queues: Collection[str] = ()) -> list[Send]:
+                 oldest_sent: Mapping[str, float] | None = None) -> list[Send]:
     """What to enqueue so the job finishes: pending chunks at their stage, a lost completion claim,
     or a finalize step. With ``retry_failed``, failed windows and chunks are made pending first.
 
     With ``lost_after_s`` (unattended recovery), only what is lost, claimed as sent again now so
     that it counts as lost again only after another ``lost_after_s`` (:meth:`Store.claim_lost_chunks`,
     :meth:`Store.claim_lost_finalize`): chunks :meth:`Store.pending_chunks` finds lost, less the
-    waiting ones whose queue is in ``busy_queues`` (it holds messages, so their task may be waiting
-    there behind others); a finalize step when none runs, the job has been finalizing for
-    ``lost_after_s`` and the finalize queue is not busy. A chunk a live worker has started may
-    still be running, and is left alone."""
+    waiting ones whose task may still be waiting in their queue behind others
+    (:func:`_gone_from_queue`; ``oldest_sent``: per non-empty queue, when its oldest message was
+    sent, :func:`workers.tasks.app.oldest_sent`); a finalize step when none runs, the job has been
+    finalizing for ``lost_after_s`` and its task cannot be waiting in the finalize queue. A chunk a
+    live worker has started may still be running, and is left alone."""
+    oldest_sent = oldest_sent or {}
     loaded = await _load(store, job_id)
     if loaded is None:
         raise ValueError(f"no job {job_id!r}")
@@ -219,8 +230,9 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_aft
         job = await store.job(job_id)
     state = job["state"]
     if state == JobState.FINALIZING:
-        if lost_after_s is not None and (kind.finalize_queue in busy_queues
-                                         or not await store.claim_lost_finalize(job_id, lost_after_s)):
+        if lost_after_s is not None and (
+                not _gone_from_queue(kind.finalize_queue, job["updated_at"].timestamp(), lost_after_s, oldest_sent)
+                or not await store.claim_lost_finalize(job_id, lost_after_s)):
             return []
         return [Send("finalize", kind.finalize_queue, {"job_id": job_id})]
     if state != JobState.RUNNING:
@@ -232,7 +244,8 @@ async def resume(store: Store, job_id: str, retry_failed: bool = False, lost_aft
         await store.claim_lost_chunks(job_id, [c["chunk_no"] for c in chunks], 0.0)
     else:
         lost = [c for c in await store.pending_chunks(job_id, lost_after_s)
-                if not (c["waiting"] and kind.queue_of(c["stage"], spec, c["chunk_no"]) in busy_queues)]
+                if not c["waiting"] or _gone_from_queue(kind.queue_of(c["stage"], spec, c["chunk_no"]),
+                                                        c["touched"], lost_after_s, oldest_sent)]
         chunks = await store.claim_lost_chunks(job_id, [c["chunk_no"] for c in lost], lost_after_s) if lost else []
     return [Send("stage", kind.queue_of(c["stage"], spec, c["chunk_no"]),
                  StageTask(job_id=job_id, chunk_no=c["chunk_no"], stage=c["stage"]).model_dump())

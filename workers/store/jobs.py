@@ -208,14 +208,14 @@ class JobsMixin:
 
     async def pending_chunks(self, job_id: str, lost_after_s: float | None = None) -> list[asyncpg.Record]:
         """Pending chunks (chunk_no, stage, ``waiting``: see :data:`_WAITING`); with ``lost_after_s``,
-        only those that may be lost (:data:`_LOST`)."""
+        only those that may be lost (:data:`_LOST`), with ``touched`` (``updated_at``, epoch seconds)."""
         if lost_after_s is None:
             return await self.pool.fetch(
                 f"SELECT c.chunk_no, c.stage, {_WAITING} AS waiting FROM chunks c WHERE c.job_id = $1 AND c.state = $2"
                 " ORDER BY c.chunk_no", job_id, ChunkState.PENDING)
         return await self.pool.fetch(
-            f"SELECT c.chunk_no, c.stage, {_WAITING} AS waiting FROM chunks c"
-            f" WHERE c.job_id = $1 AND c.state = $2 AND {_LOST} ORDER BY c.chunk_no",
+            f"SELECT c.chunk_no, c.stage, {_WAITING} AS waiting, extract(epoch FROM c.updated_at)::float8 AS touched"
+            f" FROM chunks c WHERE c.job_id = $1 AND c.state = $2 AND {_LOST} ORDER BY c.chunk_no",
             job_id, ChunkState.PENDING, float(lost_after_s))
 
     async def claim_lost_chunks(self, job_id: str, chunk_nos: Sequence[int], lost_after_s: float) -> list[asyncpg.Record]:

@@ -38,6 +38,37 @@ def queue_depths(broker_url: str) -> dict[str, int]:
         r.close()
 
 
+SENT_HEADER = "vf_sent"  # a lifecycle message's send time (epoch seconds, the sender's clock)
+
+
+def oldest_sent(broker_url: str) -> dict[str, float]:
+    """Per queue that holds messages, when its oldest message was sent (``SENT_HEADER``; −∞ when
+    that message does not say: sent by an older version or by hand). Queues are FIFO lists (Celery's
+    Redis transport pushes on the left and workers pop on the right), so a task sent before that
+    moment is no longer waiting in the queue: a worker took it, or the queue lost it. Empty queues
+    are left out."""
+    import json
+
+    import redis
+
+    r = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        heads = r.pipeline(transaction=False)
+        for q in QUEUES:
+            heads.lindex(q, -1)
+        out = {}
+        for q, raw in zip(QUEUES, heads.execute()):
+            if raw is None:
+                continue
+            try:
+                out[q] = float(json.loads(raw)["headers"][SENT_HEADER])
+            except (ValueError, KeyError, TypeError):
+                out[q] = float("-inf")
+        return out
+    finally:
+        r.close()
+
+
 def make_app(broker_url: str | None = None) -> Celery:
     """A Celery app bound to ``broker_url`` (None: the configured one, resolved lazily by Celery)."""
     try:

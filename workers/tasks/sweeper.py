@@ -3,8 +3,10 @@
 Lost work (:func:`workers.jobs.lifecycle.resume` with ``lost_after_s``; the rule itself:
 ``workers/store/jobs.py``, ``_LOST``): a chunk waiting for a worker (never started in its stage,
 or sent again by a recoverer, or let go by a live worker whose task for it failed), untouched for
-``lost_after_s``, whose queue holds no messages (its
-task is not waiting behind others: a restarted Redis, or a send that never happened, lost it); a
+``lost_after_s``, whose task cannot be waiting in its queue behind others: the queue is empty, or
+its oldest message was sent more than ``lost_after_s`` after the chunk was last touched (queues
+are FIFO, so a task sent before that has left the queue; :func:`workers.tasks.app.oldest_sent`):
+a restarted Redis, or a send that never happened, lost it, however busy the queue has been since; a
 chunk whose worker process is dead (its heartbeat lease expired: SIGKILL, an OOM kill, a lost node,
 whose message Redis would hold until the visibility timeout, hours), busy queue or not; a finalize
 step no worker runs, ``lost_after_s`` after the job was last touched. What is sent again is marked
@@ -19,8 +21,10 @@ many workers it has; ``lost_after_s`` = ``VALUEFLOW_STALL_WARN_S``. If a send fa
 released, so the next sweep tries again. Sending twice is harmless (a
 stage or finalize that already ran is skipped), so the rule may err towards sending, but a chunk
 waiting in a busy queue or running on a live worker is left alone, so an API judge is not paid
-twice for it. Limits: in a queue that never empties (steady traffic), a lost waiting chunk is sent
-again only once the queue is drained (or by ``valueflow jobs resume``); a message a worker has
+twice for it. Limits: a queue whose oldest message does not say when it was sent (one sent by a
+version before 2026-12-06, or by hand) counts as holding every waiting chunk's task until it
+moves on; the send time is the sender's clock and the touch the database's, so clocks more than
+``lost_after_s`` apart make the sweep late, or early (a harmless duplicate); a message a worker has
 taken but not yet started (milliseconds, prefetch 1) is not in the queue's depth, so a chunk that
 waited ``lost_after_s`` can be sent again in that moment; the uptime guard on leases knows a
 PostgreSQL restart, not a failover to a replica or a network partition between workers and the
@@ -46,15 +50,14 @@ SWEEP_LOCK = 0x76667377  # pg advisory lock key ("vfsw"): one sweeping worker at
 
 async def resend_lost(store: Store, app, broker_url: str, job_ids: Iterable[str], lost_after_s: float) -> dict[str, int]:
     """Send again what each job lost; returns the tasks sent per job (jobs with none left out)."""
-    from workers.tasks.app import queue_depths
+    from workers.tasks.app import oldest_sent
     from workers.tasks.stage import send
 
-    depths = await asyncio.to_thread(queue_depths, broker_url)
-    busy = {q for q, n in depths.items() if n}
+    heads = await asyncio.to_thread(oldest_sent, broker_url)
     sent = {}
     for job_id in job_ids:
         try:
-            sends = await lifecycle.resume(store, job_id, lost_after_s=lost_after_s, busy_queues=busy)
+            sends = await lifecycle.resume(store, job_id, lost_after_s=lost_after_s, oldest_sent=heads)
         except Exception as exc:  # noqa: BLE001 - one job's trouble must not stop the others' recovery
             log.warning("job %s: not recovered (%s: %s)", job_id, type(exc).__name__, exc)
             continue
