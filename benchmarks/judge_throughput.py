@@ -3,13 +3,15 @@
 A local OpenAI-compatible server (``tests/fake_openai.py``, its own process) answers every request
 after 50 ms; one judge process with concurrency 32 ranks windows through it with no cache. The
 bound is 32 / 0.05 s = 640 calls/s; the target is ≥ 85 % of it. Prints calls/s, the fraction of the
-bound, and the judge process's CPU milliseconds per call.
+bound, and the judge process's CPU milliseconds per call; the last line is one JSON object with
+the figures, the targets and whether each is met (every answer parsed, too).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -24,6 +26,8 @@ from workers.infra.embedded import free_port  # noqa: E402
 from schemas.taxonomy import default_taxonomy  # noqa: E402
 from workers.judges.api_judge import APIJudge  # noqa: E402
 from workers.judges.config import JudgeConfig  # noqa: E402
+
+TARGET_FRACTION = 0.85  # of the concurrency / delay bound
 
 
 async def run(url: str, calls: int, concurrency: int) -> tuple[float, float, int]:
@@ -64,6 +68,11 @@ def main() -> None:
     print(f"{args.calls} calls, concurrency {args.concurrency}, server delay {args.delay * 1000:.0f} ms")
     print(f"throughput {rate:.0f} calls/s = {100 * rate / bound:.1f} % of the {bound:.0f} calls/s bound "
           f"(target ≥ 85 %); {ok} parsed; judge CPU {1000 * cpu / args.calls:.2f} ms per call")
+    print(json.dumps({"calls": args.calls, "concurrency": args.concurrency, "delay_s": args.delay,
+                      "calls_per_s": round(rate, 1), "bound_per_s": bound, "fraction_of_bound": round(rate / bound, 3),
+                      "parsed": ok, "judge_cpu_ms_per_call": round(1000 * cpu / args.calls, 3),
+                      "targets": {"fraction_of_bound": TARGET_FRACTION, "parsed": args.calls},
+                      "met": {"fraction_of_bound": rate / bound >= TARGET_FRACTION, "parsed": ok == args.calls}}))
 
 
 if __name__ == "__main__":

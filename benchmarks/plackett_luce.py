@@ -9,6 +9,9 @@ Prints, on synthetic data (10,000 items, log-strengths ~ N(0, 1.5²)):
   each in a subprocess with a time limit, and the speed ratio;
 * anchored scoring of 100,000 items × 3 windows × k = 6;
 * a warm refit after 1 % more comparisons, as a fraction of the cold fit time.
+
+The last line is one JSON object: the figures, the targets (README, engine table) and whether each
+is met.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -95,7 +99,11 @@ def bench_fit(label, n, data, theta, choix_limit):
             cerr = float(np.abs(est - ref.utilities).max())
             print(f"{'':32} choix.{method:14} {cdt:7.3f} s  max|θ−θ*| {cerr:.1e}  ratio {cdt / dt:6.0f}×")
             best = min(best or np.inf, cdt)
-    return dt
+    out = dict(seconds=round(dt, 3), max_abs_err=err, spearman=round(float(rho), 4), peak_mb=round(peak, 1),
+               iterations=res.n_iter)
+    if best is not None:
+        out["choix_best_seconds_or_limit"] = round(float(best), 3)
+    return out
 
 
 def main() -> None:
@@ -110,13 +118,15 @@ def main() -> None:
     theta = rng.normal(0, 1.5, n)
     print(f"one core; {n} items; prior λ={PRIOR}\n")
     p500 = pairs(rng, theta, 500_000)
-    cold = bench_fit("BT 500,000 pairs", n, p500, theta, None if args.quick else args.choix_limit)
-    bench_fit("BT 1,000,000 pairs", n, pairs(rng, theta, 1_000_000), theta, None)
-    bench_fit("PL 200,000 6-way rankings", n, rankings(rng, theta, 200_000, 6), theta, None)
-
+    fits = {
+        "bt_500k": bench_fit("BT 500,000 pairs", n, p500, theta, None if args.quick else args.choix_limit),
+        "bt_1m": bench_fit("BT 1,000,000 pairs", n, pairs(rng, theta, 1_000_000), theta, None),
+        "pl6_200k": bench_fit("PL 200,000 6-way rankings", n, rankings(rng, theta, 200_000, 6), theta, None),
+    }
     # choix at a scale where it finishes: a measured ratio
     small_theta = rng.normal(0, 1.5, 1000)
-    bench_fit("BT 1,000 items, 50,000 pairs", 1000, pairs(rng, small_theta, 50_000), small_theta, args.choix_limit)
+    fits["bt_1k_items_50k"] = bench_fit("BT 1,000 items, 50,000 pairs", 1000, pairs(rng, small_theta, 50_000),
+                                        small_theta, args.choix_limit)
 
     # warm refit after 1 % more comparisons
     more = np.concatenate([p500, pairs(rng, theta, 5_000)])
@@ -143,7 +153,21 @@ def main() -> None:
     adt = time.perf_counter() - t
     print(f"anchored scoring {items:,} items × {m} windows × k={k}: {adt:.3f} s "
           f"(Spearman with truth {spearmanr(res.utility, true)[0]:.3f})")
-    _ = cold
+    figures = {**fits, "warm_refit": {"seconds": round(wdt, 3), "cold_seconds": round(cdt, 3),
+                                      "ratio": round(wdt / cdt, 3), "iterations": warm.n_iter},
+               "anchored": {"seconds": round(adt, 3), "spearman": round(float(spearmanr(res.utility, true)[0]), 4)}}
+    met = {
+        "bt_500k_le_1s": fits["bt_500k"]["seconds"] <= 1.0,
+        "bt_500k_lt_1gb": fits["bt_500k"]["peak_mb"] < 1024,
+        "bt_1m_le_2s": fits["bt_1m"]["seconds"] <= 2.0,
+        "pl6_200k_le_1_5s": fits["pl6_200k"]["seconds"] <= 1.5,
+        "accuracy_le_1e-3": all(f["max_abs_err"] < 1e-3 for f in fits.values()),
+        "anchored_le_1s": adt <= 1.0,
+        "warm_refit_le_40pct": wdt / cdt <= 0.4,
+    }
+    print(json.dumps({"figures": figures, "targets": {
+        "bt_500k_s": 1.0, "bt_500k_peak_mb": 1024, "bt_1m_s": 2.0, "pl6_200k_s": 1.5, "max_abs_err": 1e-3,
+        "anchored_s": 1.0, "warm_refit_ratio": 0.4}, "met": met}))
 
 
 if __name__ == "__main__":
