@@ -554,6 +554,42 @@ def test_embed_task_runs_through_a_gpu_queue_worker(env, workers, pg_url):
     assert asyncio.run(count()) == 2
 
 
+def test_hives_embed_cli_through_the_queue_and_locally(env, workers, tmp_path):
+    """``valueflow hives embed``: ``--queue`` through a gpu worker (the store's cache: texts it has
+    embedded are not computed again), ``--local`` in the process, ``--text-field``, ``--model`` (a
+    path; one that cannot be loaded is named), ``-o`` .npy or .parquet; both ways give the same
+    vectors."""
+    import pyarrow.parquet as pq
+
+    from tests.conftest import run_cli
+    from workers.hives.encoder import default_model_path
+
+    workers.start(queues="gpu")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"b{i}", "body": t}) + "\n"
+                           for i, t in enumerate(["I kept my promise.", "I broke my promise.", "I kept my promise."])))
+    q = tmp_path / "q.npy"
+    res = run_cli(["hives", "embed", str(inp), "--text-field", "body", "--queue", "-o", str(q)], env, check=True,
+                  timeout=600)
+    assert "(2 computed, rest cached)" in res.stderr and "wrote (3, 384)" in res.stdout
+    res = run_cli(["hives", "embed", str(inp), "--text-field", "body", "--queue", "-o", str(q)], env, check=True,
+                  timeout=600)
+    assert "(0 computed, rest cached)" in res.stderr  # the second time from the store
+    queued = np.load(q)
+    local = tmp_path / "l.parquet"
+    run_cli(["hives", "embed", str(inp), "--text-field", "body", "--local", "--model", str(default_model_path()),
+             "-o", str(local)], env, check=True, timeout=600)
+    table = pq.read_table(local).to_pydict()
+    assert table["id"] == ["b0", "b1", "b2"]
+    assert np.allclose(np.asarray(table["embedding"]), queued, atol=1e-5) and np.allclose(queued[0], queued[2])
+    for where in ("--local", "--queue"):  # a model that cannot be loaded: one line naming it, here or on the worker
+        res = run_cli(["hives", "embed", str(inp), "--text-field", "body", where, "--model", str(tmp_path / "nowhere"),
+                       "-o", str(tmp_path / "x.npy")], env, timeout=600)
+        assert res.returncode != 0 and "nowhere" in res.stderr and "cannot load it" in res.stderr, where
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "x.npy").exists()
+
+
 def test_hives_cli_extract_profile_eval(tmp_path):
     import os
 

@@ -957,12 +957,13 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             assert await lost() == []  # every chunk was sent (or started) just now
             await age()
             assert await lost(busy) == []  # their queue holds messages: they may be waiting there
-            # its oldest message was sent 8 s ago, 2 s after the chunks were touched (sent): they may be
+            touched = await store.pool.fetchval("SELECT extract(epoch FROM max(updated_at))::float8 FROM chunks")
+            # its oldest message was sent 3 s after the chunks were last touched (sent): they may be
             # waiting behind it (a touch precedes its send by up to lost_after_s)
-            assert await lost({queue: time.time() - 8}) == []
-            # its oldest message was sent just now, 10 s after them: FIFO, so theirs left the queue
-            # (a restarted Redis lost them while new work kept the queue busy): sent again
-            assert await lost({queue: time.time()}) == others
+            assert await lost({queue: touched + 3}) == []
+            # its oldest message was sent 5 s after them, more than lost_after_s: FIFO, so theirs left
+            # the queue (a restarted Redis lost them while new work kept the queue busy): sent again
+            assert await lost({queue: touched + 5}) == others
             await age()
             assert await lost({"refit": float("-inf")}) == others  # unsent for 10 s, their queue empty
             assert await lost() == []  # ... and marked: not lost again until 4 s pass without a start
@@ -998,13 +999,18 @@ def test_resume_stalled_sends_only_lost_chunks_and_a_failed_resume_is_tried_agai
             assert fin == [("finalize", fin[0][1])]  # by hand: sent whatever runs
             assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []
             await store.pool.execute("UPDATE jobs SET updated_at = now() - interval '10 s'")
-            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4,
-                                                oldest_sent={fin[0][1]: time.time() - 9})) == []
+            job_touched = await store.pool.fetchval("SELECT extract(epoch FROM updated_at)::float8 FROM jobs")
+            fq = fin[0][1]
+            # the finalize queue's oldest message was sent 3 s after the job was touched: its task may wait there
+            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4, oldest_sent={fq: job_touched + 3})) == []
             async with store.finalize_claim("job-1") as running:  # a worker runs the finalize step
                 assert running is not None
                 assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []
-            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == fin
+            # 5 s after: its task left the queue, none runs it
+            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4, oldest_sent={fq: job_touched + 5})) == fin
             assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == []  # marked as sent
+            await store.pool.execute("UPDATE jobs SET updated_at = now() - interval '10 s'")
+            assert kinds(await lifecycle.resume(store, "job-1", lost_after_s=4)) == fin  # its queue empty
         finally:
             await store.close()
 
@@ -1079,11 +1085,13 @@ def test_a_sweep_sends_lost_tasks_once_and_one_worker_sweeps_at_a_time(pg_url, r
             assert await sweeper.sweep(store, app, redis_url, 4) == {"job-1": len(sends)}
             assert queue_depths(redis_url)[queue] == len(sends)
             await ten_seconds_pass()
+            other = lifecycle.Send("stage", queue, {"job_id": "job-2", "chunk_no": 0, "stage": 0})
+            send(app, [other])  # a newer message on top of theirs: theirs are still the oldest, next out
             assert await sweeper.sweep(store, app, redis_url, 4) == {}
             # lost while new work keeps their queue busy (a Redis restarted, then another job's task
             # came): its oldest message was sent 10 s after they were, so theirs left it: sent again
             r.delete(queue)
-            send(app, [lifecycle.Send("stage", queue, {"job_id": "job-2", "chunk_no": 0, "stage": 0})])
+            send(app, [other])
             assert await sweeper.sweep(store, app, redis_url, 4) == {"job-1": len(sends)}
             assert queue_depths(redis_url)[queue] == len(sends) + 1
             await ten_seconds_pass()  # the other job's task is now the oldest, sent with theirs

@@ -21,6 +21,17 @@ def _rows(data: Path | None, vidb_json_dir: Path | None, cross: Path | None):
         raise click.ClickException(str(exc)) from None
 
 
+def _encoder(model: str | None):
+    """The HiVES encoder at ``model`` (a path or a local model name; None: the default), or a
+    one-line error naming it."""
+    from workers.hives.encoder import Encoder
+
+    try:
+        return Encoder(model)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _texts(path: Path, text_field: str) -> tuple[list[str], list[str]]:
     from workers.io.inputs import InputError, read_inputs
 
@@ -71,11 +82,10 @@ def hives_train(out_dir, data, vidb_json, cross_anchors, base_model, stage1_step
 def hives_eval(model, data, vidb_json, output):
     """Published metrics (strict hierarchical ranking accuracy, similarity correlation, orthogonality)
     and ours (pairwise ranking accuracy, per-theory orthogonality, kNN accuracy)."""
-    from workers.hives.encoder import Encoder
     from workers.hives.evaluate import evaluate
 
     rows = _rows(data, vidb_json, None)
-    enc = Encoder(model)
+    enc = _encoder(model)
     metrics = evaluate(enc.encode([r.text for r in rows], progress=True), rows)
     text = json.dumps(metrics, indent=2)
     if output:
@@ -96,16 +106,19 @@ def hives_embed(input_path, model, text_field, via_queue, output):
     ids, texts = _texts(input_path, text_field)
     if via_queue:
         from scheduler.cli.common import celery_app, resolve_urls
+        from workers.tasks.app import sent_now
 
         _, broker = resolve_urls()
-        res = celery_app(broker).send_task("valueflow.gpu.embed", kwargs={"texts": texts, "model": model},
-                                           queue="gpu", ignore_result=False).get(timeout=3600)
+        try:
+            res = celery_app(broker).send_task("valueflow.gpu.embed", kwargs={"texts": texts, "model": model},
+                                               queue="gpu", ignore_result=False, headers=sent_now()).get(timeout=3600)
+        except Exception as exc:  # noqa: BLE001 - the worker's error (re-raised here by Celery), in one line
+            raise click.ClickException(f"the gpu worker's embed task failed: {type(exc).__name__}: {exc}") from None
         vecs = np.asarray(res["vectors"], dtype=np.float32)
         click.echo(f"embedded {len(texts)} texts on {res['device']} ({res['computed']} computed, rest cached)", err=True)
     else:
-        from workers.hives.encoder import Encoder
-
-        vecs = Encoder(model).encode(texts, progress=True)
+    
+        vecs = _encoder(model).encode(texts, progress=True)
     if output.suffix == ".npy":
         np.save(output, vecs)
     else:
@@ -124,11 +137,10 @@ def hives_embed(input_path, model, text_field, via_queue, output):
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="JSONL (default: stdout)")
 def hives_extract(input_path, model, top_k, text_field, output):
     """Top-k values per theory for each text, with direction and similarity."""
-    from workers.hives.encoder import Encoder
     from workers.hives.extract import build_prototypes, extract
 
     ids, texts = _texts(input_path, text_field)
-    enc = Encoder(model)
+    enc = _encoder(model)
     res = extract(enc.encode(texts, progress=True), build_prototypes(enc), top_k)
     lines = [json.dumps({"id": i, "values": r}) for i, r in zip(ids, res)]
     if output:
@@ -147,11 +159,10 @@ def hives_extract(input_path, model, top_k, text_field, output):
 def hives_profile(input_path, model, top_k, judge, text_field, output):
     """Value profile of a set of texts (a person's or a group's): values touched, direction, strength."""
     from schemas.taxonomy import default_taxonomy
-    from workers.hives.encoder import Encoder
     from workers.hives.extract import build_prototypes, extract, profile
 
     _, texts = _texts(input_path, text_field)
-    enc = Encoder(model)
+    enc = _encoder(model)
     ext = extract(enc.encode(texts, progress=True), build_prototypes(enc), top_k)
     scores = None
     if judge:

@@ -19,7 +19,7 @@ from schemas.states import ChunkState, JobState
 # worker whose task failed let go of it (:meth:`Store.drop_claim`).
 _WAITING = "(c.deliveries = 0 OR c.last_worker IS NULL)"
 # A pending chunk may be *lost* ($3 = lost_after_s) when it has been waiting, untouched, that long
-# (whether its task is still in a queue is the caller's question: the broker's queue depth), or a
+# (whether its task can still be in a queue is the caller's question: lifecycle._gone_from_queue), or a
 # worker process started it and that process is dead: its heartbeat lease expired while the
 # database was up for a full lease (after a PostgreSQL restart, live workers get a lease's time to
 # beat again), or it never beat (a worker older than heartbeats) and the chunk is untouched that long.

@@ -12,6 +12,7 @@ Tasks are named ``valueflow.<queue>.<task>`` and routed by name (``task_routes``
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
 from celery import Celery
@@ -39,6 +40,11 @@ def queue_depths(broker_url: str) -> dict[str, int]:
 
 
 SENT_HEADER = "vf_sent"  # a lifecycle message's send time (epoch seconds, the sender's clock)
+
+
+def sent_now() -> dict[str, float]:
+    """The headers every message this project sends carries (``send_task(headers=...)``)."""
+    return {SENT_HEADER: time.time()}
 
 
 def oldest_sent(broker_url: str) -> dict[str, float]:

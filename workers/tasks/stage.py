@@ -18,7 +18,7 @@ from schemas.settings import load_settings
 from workers.infra.transient import CLIENT_ERRORS, TRANSIENT, permanent_unless_transient
 from workers.jobs import lifecycle
 from workers.tasks import heartbeat, metrics, runtime
-from workers.tasks.app import QUEUES, SENT_HEADER, task_name
+from workers.tasks.app import QUEUES, sent_now, task_name
 
 # Transient infrastructure faults (a restarted PostgreSQL, a deadlock victim, a dropped socket)
 # are retried with backoff (at most 60 s apart) for as long as they last: a task that gave up after
@@ -52,7 +52,7 @@ def send(app, sends: list[lifecycle.Send]) -> int:
     with app.producer_or_acquire() as producer:
         for s in sends:
             app.send_task(task_name(s.queue, s.what), kwargs=s.kwargs, producer=producer, ignore_result=True,
-                          headers={SENT_HEADER: time.time()})  # the sweep's horizon: app.oldest_sent
+                          headers=sent_now())  # the sweep's horizon: app.oldest_sent
     return len(sends)
 
 

@@ -18,18 +18,20 @@ it stalls) and every worker's sweeper thread (:func:`start`): every ``VALUEFLOW_
 worker sweeps unless another is sweeping at that moment (a PostgreSQL advisory lock) or one swept
 less than an interval ago (table ``sweeps``), so the cluster sweeps about once per interval however
 many workers it has; ``lost_after_s`` = ``VALUEFLOW_STALL_WARN_S``. If a send fails, its claims are
-released, so the next sweep tries again. Sending twice is harmless (a
-stage or finalize that already ran is skipped), so the rule may err towards sending, but a chunk
-waiting in a busy queue or running on a live worker is left alone, so an API judge is not paid
-twice for it. Limits: a queue whose oldest message does not say when it was sent (one sent by a
-version before 2026-12-06, or by hand) counts as holding every waiting chunk's task until it
-moves on; the send time is the sender's clock and the touch the database's, so clocks more than
-``lost_after_s`` apart make the sweep late, or early (a harmless duplicate); a message a worker has
-taken but not yet started (milliseconds, prefetch 1) is not in the queue's depth, so a chunk that
-waited ``lost_after_s`` can be sent again in that moment; the uptime guard on leases knows a
+released, so the next sweep tries again. Sending twice stores nothing twice (a stage or finalize
+that already ran is skipped), so the rule may err towards sending; but a copy taken while the
+first still runs runs the stage again (an API judge paid twice, a delivery counted), so a chunk
+waiting in its queue behind others or running on a live worker is left alone. Limits (each an
+early or late re-send, never a lost or duplicated comparison): a queue whose oldest message does
+not say when it was sent (sent by a version before 2026-12-06, or by hand) counts as holding every
+waiting chunk's task until it moves on; the send time is the sender's clock and the touch the
+database's, so clocks more than ``lost_after_s`` apart make the sweep late, or early; a message a
+worker holds without running it (taken but not yet started, a retry's countdown: milliseconds to
+a minute) is in no queue, so its chunk can be sent again once it has waited ``lost_after_s`` and
+its queue has moved on; a worker stopped while holding several messages puts them back in the
+order it took them, so their send times are not ordered; the uptime guard on leases knows a
 PostgreSQL restart, not a failover to a replica or a network partition between workers and the
-database, after which a sweep may re-send chunks that live workers run (a harmless duplicate,
-which may run twice if two workers take both copies at once).
+database, after which a sweep may re-send chunks that live workers run.
 """
 
 from __future__ import annotations
