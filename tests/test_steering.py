@@ -281,6 +281,27 @@ def _steer(env, *args) -> str:
     return res.stdout.strip().splitlines()[-1]
 
 
+def test_steer_runs_its_own_worker_or_leaves_the_job_to_the_workers(env, tmp_path, pg_url):
+    """steer --wait --local-worker: no worker runs anywhere, the command runs one while it waits and
+    the job finishes; steer --no-wait: submitted, nothing generated or scored until a worker comes."""
+    from pathlib import Path
+
+    with ServerThread() as srv:
+        env["VALUEFLOW_JUDGES_FILE"] = str(_models_file(tmp_path / "judges.toml", srv.url))
+        Path(env["VALUEFLOW_HOME"]).mkdir(parents=True, exist_ok=True)  # the local worker logs there
+        common = ["--queries", str(_queries(tmp_path / "q.csv")), "--value", "care-harm", "--levels=-1,1",
+                  "--regime", "persona", "--model", "fake", "--judge", "oracle", "--samples", "1", "--windows", "1"]
+        out = tmp_path / "steer.csv"
+        job = _steer(env, *common, "--wait", "--local-worker", "-o", str(out))
+        rows = _read_csv(out)
+        assert len(rows) == 4 * 2 and all(r["intensity"] not in ("", None) for r in rows)  # queries × levels
+        assert _q(pg_url, "SELECT state FROM jobs WHERE id=$1", job)[0]["state"] == "done"
+        later = _steer(env, *common, "--no-wait")
+        assert _q(pg_url, "SELECT state FROM jobs WHERE id=$1", later)[0]["state"] == "running"
+        assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id=$1", later)[0]["n"] == 0
+        assert run_cli(["jobs", "cancel", later], env).returncode == 0
+
+
 def test_fake_model_dose_response_is_monotone_through_the_queue(env, workers, tmp_path, pg_url):
     """A model that writes texts of the requested level, scored by a judge that knows them: the
     report's dose–response must be monotone, so the level travels from the CLI to the score."""

@@ -19,7 +19,7 @@ class Main(click.Group):
 
 
 @click.group(cls=Main)
-@click.version_option(package_name="valueflow")
+@click.version_option(package_name="valueflow", prog_name="valueflow")
 def main() -> None:
     """ValueFlow: measure and steer how strongly text expresses human values."""
 

@@ -91,9 +91,9 @@ def jobs_status(job_id: str, wait: bool, as_json: bool) -> None:
 @click.option("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
 @click.option("--resume-stalled", is_flag=True,
               help="each time the job has not moved for VALUEFLOW_STALL_WARN_S seconds, re-enqueue what is lost: chunks "
-                   "no worker started whose queue is empty (tasks a restarted Redis lost), chunks whose worker process "
-                   "died (its heartbeat expired), a lost finalize; a chunk a live worker runs, or one waiting in a busy "
-                   "queue, is left alone (workers also do this themselves every VALUEFLOW_SWEEP_S seconds)")
+                   "no worker started whose task is no longer in its queue (tasks a restarted Redis lost), chunks whose "
+                   "worker process died (its heartbeat expired), a lost finalize; a chunk a live worker runs, or one "
+                   "waiting in its queue behind others, is left alone (workers also do this themselves every VALUEFLOW_SWEEP_S seconds)")
 def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool) -> None:
     """Block until the job finishes; exit 1 if it failed or was cancelled."""
     async def go(store):

@@ -1,0 +1,249 @@
+"""CLI options that no feature test passes: each one through ``valueflow``, with the outcome it exists for.
+
+(The feature tests cover the rest; an option added to a command gets its test where the feature is
+tested, or here.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from tests.conftest import ROOT, run_cli, shared_data, wait_until
+from tests.test_score_job import _q
+from tests.test_vidb_build import VALUE, corpus, write_jsonl
+
+
+def _last_line(res) -> str:
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
+
+
+def _state(pg_url, job: str) -> str:
+    return _q(pg_url, "SELECT state FROM jobs WHERE id = $1", job)[0]["state"]
+
+
+def test_version():
+    import os
+    from importlib.metadata import version
+
+    res = run_cli(["--version"], dict(os.environ), check=True)
+    assert res.stdout.strip() == f"valueflow, version {version('valueflow')}"
+
+
+def test_score_window_and_input_options_no_wait_and_jobs_list_status(env, workers, tmp_path, pg_url):
+    """score --id-field/--text-field (the input's own field names), --k (texts per window),
+    --windows (windows per text), --anchors random, --wait --local-worker (no worker anywhere else);
+    score --no-wait (submitted, not run), then ``jobs status --wait`` follows it to the end once a
+    worker runs; ``jobs list --limit``."""
+    texts = ["I carried my neighbour's shopping up four floors.", "I mocked a child until he cried.",
+             "I lent my savings to a friend in trouble.", "I ignored a man who fell in the street."]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"key": f"k{i}", "body": t}) + "\n" for i, t in enumerate(texts)))
+    Path(env["VALUEFLOW_HOME"]).mkdir(parents=True, exist_ok=True)  # the local worker logs there
+    out = tmp_path / "scores.jsonl"
+    job = _last_line(run_cli(["score", str(inp), "--value", "care-harm", "--id-field", "key", "--text-field", "body",
+                              "--k", "4", "--windows", "2", "--anchors", "random", "--wait", "--local-worker",
+                              "-o", str(out)], env, timeout=900))
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["k0", "k1", "k2", "k3"] and {r["windows_used"] for r in rows} == {2}
+    assert rows[0]["intensity"] > 0 > rows[1]["intensity"]  # the body field was read, not an empty text
+    windows = _q(pg_url, "SELECT item_no, cardinality(members) AS k, cardinality(anchor_ids) AS a FROM windows"
+                         " WHERE job_id = $1", job)
+    assert len(windows) == 8 and {(w["k"], w["a"]) for w in windows} == {(4, 3)}
+    spec = json.loads(_q(pg_url, "SELECT spec::text AS s FROM jobs WHERE id = $1", job)[0]["s"])
+    assert (spec["k"], spec["windows"], spec["anchors"]) == (4, 2, "random"), spec
+
+    res = run_cli(["score", str(inp), "--value", "benevolence", "--id-field", "key", "--text-field", "body",
+                   "--no-wait"], env, timeout=300)
+    later = _last_line(res)
+    assert _state(pg_url, later) == "running"  # submitted; no worker runs anywhere, and none was started here
+    assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id = $1", later)[0]["n"] == 0
+    listed = run_cli(["jobs", "list", "--limit", "1"], env, check=True).stdout.strip().splitlines()
+    assert len(listed) == 2 and listed[1].split()[0] == later  # a header and the newest job only
+    assert len(run_cli(["jobs", "list", "--limit", "2"], env, check=True).stdout.strip().splitlines()) == 3
+    workers.start()
+    res = run_cli(["jobs", "status", later, "--wait"], env, timeout=900, check=True)
+    assert _state(pg_url, later) == "done" and "done" in res.stdout
+    assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id = $1", later)[0]["n"] == 4
+
+
+def test_worker_sends_task_events_only_with_events(env, tmp_path):
+    """worker --events / --no-events: whether the worker sends Celery task events (what Flower
+    records): a ping run by each, and the events a monitor receives."""
+    import threading
+
+    from celery import Celery
+
+    from workers.tasks.app import app_for
+
+    events: list[tuple[str, str]] = []
+
+    def listen():
+        monitor = Celery(broker=env["VALUEFLOW_BROKER_URL"])
+        with monitor.connection() as conn:
+            recv = monitor.events.Receiver(conn, handlers={"*": lambda e: events.append((e["type"], e["hostname"]))})
+            try:
+                recv.capture(limit=None, timeout=120, wakeup=False)
+            except Exception:  # noqa: BLE001 - the capture times out once the test is over
+                pass
+
+    threading.Thread(target=listen, daemon=True).start()
+    time.sleep(1.0)
+    procs = []
+    try:
+        for queue, flag in (("default", "--events"), ("refit", "--no-events")):
+            log = open(tmp_path / f"worker{flag}.log", "wb")
+            procs.append(subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-Q", queue, "--pool",
+                                           "solo", flag], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+        app = app_for(env["VALUEFLOW_BROKER_URL"])
+        names: dict = {}
+
+        def both_answer():
+            names.update(app.control.inspect(timeout=2).stats() or {})
+            return len(names) >= 2
+        wait_until(both_answer, 300, every_s=1.0)
+        assert len(names) == 2, names
+        by_pid = {names[n]["pid"]: n for n in names}
+        with_events, without = by_pid[procs[0].pid], by_pid[procs[1].pid]
+        for queue in ("default", "refit"):
+            res = app.send_task("valueflow.ping", kwargs={"payload": queue}, queue=queue, ignore_result=False)
+            assert res.get(timeout=120)["payload"] == queue
+        wait_until(lambda: ("task-succeeded", with_events) in events, 60)
+        assert ("task-started", with_events) in events and ("task-succeeded", with_events) in events, events
+        time.sleep(2.0)  # the other worker's events, had it sent any, would be in by now
+        assert not [e for e in events if e[1] == without and e[0].startswith("task-")], events
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+
+
+def test_vidb_and_study_jobs_without_waiting_and_with_a_local_worker(env, workers, tmp_path, pg_url):
+    """vidb expand / vidb audit --wait --local-worker: the command runs the job with a worker of its
+    own (none runs anywhere else); vidb build / expand / audit and study stability --no-wait:
+    submitted and left to the workers, which finish them later; study stability --wait
+    --no-local-worker: waits on the workers, runs none itself."""
+    Path(env["VALUEFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    rows, _ = corpus(16, seed=3)
+    write_jsonl(tmp_path / "base.jsonl", rows)
+    res = run_cli(["vidb", "build", str(tmp_path / "base.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
+                   "--scale", "minmax", "--comparisons-per-text", "6", "--no-wait"], env, timeout=300)
+    pending = _last_line(res)
+    assert _state(pg_url, pending) == "running"
+    assert _q(pg_url, "SELECT count(*) AS n FROM comparisons WHERE job_id = $1", pending)[0]["n"] == 0
+    assert run_cli(["jobs", "cancel", pending], env).returncode == 0
+    _last_line(run_cli(["vidb", "build", str(tmp_path / "base.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
+                        "--scale", "minmax", "--comparisons-per-text", "6", "--wait", "--local-worker"], env,
+                       timeout=300))
+    new, _ = corpus(3, seed=4, offset=100)
+    write_jsonl(tmp_path / "new.jsonl", new)
+    expand = _last_line(run_cli(["vidb", "expand", str(tmp_path / "new.jsonl"), "--value", VALUE,
+                                 "--judge", "simulated:beta=2", "--rounds", "4", "--wait", "--local-worker"], env,
+                                timeout=300))
+    assert _state(pg_url, expand) == "done"
+    versions = _q(pg_url, "SELECT version, job_id FROM vidb_versions WHERE value = $1 ORDER BY version", VALUE)
+    assert versions[-1]["job_id"] == expand
+    items = _q(pg_url, "SELECT count(*) AS n FROM vidb_version_items i JOIN vidb_versions v USING (value, version)"
+                       " WHERE v.job_id = $1", expand)
+    assert items[0]["n"] == 19
+    audit = _last_line(run_cli(["vidb", "audit", "--value", VALUE, "--panel", "simulated:seed=1,simulated:seed=2",
+                                "--min-weird", "2", "--wait", "--local-worker"], env, timeout=300))
+    assert _state(pg_url, audit) == "done"
+    assert _q(pg_url, "SELECT count(*) AS n FROM vidb_votes WHERE audit_id = $1", audit)[0]["n"] == 2 * 19
+
+    # without waiting: submitted, not run, until workers come
+    more, _ = corpus(3, seed=5, offset=200)
+    write_jsonl(tmp_path / "more.jsonl", more)
+    later = [_last_line(run_cli(["vidb", "expand", str(tmp_path / "more.jsonl"), "--value", VALUE,
+                                 "--judge", "simulated:beta=2", "--rounds", "4", "--no-wait"], env, timeout=300)),
+             _last_line(run_cli(["vidb", "audit", "--value", VALUE, "--panel", "simulated:seed=3", "--min-weird", "1",
+                                 "--no-wait"], env, timeout=300)),
+             _last_line(run_cli(["study", "stability", "--data", str(shared_data() / "vidb-sample" / "mft.json"),
+                                 "--theory", "mft", "--limit", "2", "--repeats", "1", "--no-wait"], env, timeout=300))]
+    time.sleep(2)
+    assert [_state(pg_url, j) for j in later] == ["running"] * 3
+    workers.start()
+    for j in later:
+        assert run_cli(["jobs", "wait", j, "--timeout", "600"], env, timeout=660).returncode == 0
+        assert _state(pg_url, j) == "done", j
+    res = run_cli(["study", "stability", "--data", str(shared_data() / "vidb-sample" / "mft.json"), "--theory", "mft",
+                   "--limit", "2", "--repeats", "1", "--wait", "--no-local-worker"], env, timeout=900)
+    study = _last_line(res)
+    assert _state(pg_url, study) == "done"
+    # the workers ran it: its chunks were taken by the worker processes the test started (or their pool's)
+    ran_by = [r["w"] for r in _q(pg_url, "SELECT last_worker AS w FROM chunks WHERE job_id = $1", study)]
+    pids = {p.pid for p in workers.procs} | {c.pid for p in workers.procs for c in psutil.Process(p.pid).children()}
+    assert ran_by and all(int(re.search(r":(\d+):", w).group(1)) in pids for w in ran_by), (ran_by, pids)
+
+
+def test_hives_train_eval_extract_profile_options(tmp_path):
+    """hives train: -o, --vidb-json, --cross-anchors, --base-model, --stage1-steps, --stage2-steps,
+    --lr, --seed, --device, --resume; hives eval --model --data; hives extract --model
+    --text-field; hives profile --model --top-k --judge --text-field."""
+    import csv
+    import os
+
+    from workers.hives.data import CROSS_ANCHORS
+    from workers.hives.encoder import default_model_path
+
+    e = dict(os.environ, VALUEFLOW_HOME=str(tmp_path / "home"))
+    ck = tmp_path / "ck"
+    res = run_cli(["hives", "train", "-o", str(ck), "--vidb-json", str(shared_data() / "vidb-sample"),
+                   "--cross-anchors", str(CROSS_ANCHORS), "--base-model", str(default_model_path()),
+                   "--stage1-steps", "2", "--stage2-steps", "1", "--lr", "1e-5", "--seed", "7", "--device", "cpu"],
+                  e, timeout=900, check=True)
+    assert f"checkpoint written to {ck}" in res.stdout
+    meta = json.loads((ck / "hives_config.json").read_text())
+    cfg = meta["config"]
+    assert (cfg["stage1_steps"], cfg["stage2_steps"], cfg["lr"], cfg["seed"], cfg["device"]) == (2, 1, 1e-5, 7, "cpu")
+    assert [(h["stage"], h["step"]) for h in cfg["history"]] == [(1, 1), (1, 2), (2, 1)]
+    assert meta["base_model"] == str(default_model_path())
+    # --resume continues the run the checkpoint saved (here: finished, so nothing is added)
+    again = tmp_path / "again"
+    run_cli(["hives", "train", "-o", str(again), "--resume", str(ck)], e, timeout=900, check=True)
+    assert json.loads((again / "hives_config.json").read_text())["config"]["history"] == cfg["history"]
+
+    rows = tmp_path / "rows.csv"
+    with rows.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "value", "direction"])
+        w.writerows([["I shared my lunch with a hungry classmate.", "care-harm", "supports"],
+                     ["I kicked a stray dog for fun.", "care-harm", "opposes"],
+                     ["I split the reward equally with my team.", "fairness-cheating", "supports"],
+                     ["I cheated at cards to win the pot.", "fairness-cheating", "opposes"],
+                     ["I obeyed my coach even when I disagreed.", "authority-subversion", "supports"],
+                     ["I mocked the judge in open court.", "authority-subversion", "opposes"]])
+    m = tmp_path / "m.json"
+    run_cli(["hives", "eval", "--model", str(ck), "--data", str(rows), "-o", str(m)], e, timeout=900, check=True)
+    assert json.loads(m.read_text())["n_texts"] == 6
+    inp = tmp_path / "texts.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"x{i}", "body": t}) + "\n" for i, t in enumerate(
+        ["I comforted a crying stranger.", "I stole my sister's savings.", "I kept a promise that cost me."])))
+    ext = tmp_path / "ext.jsonl"
+    run_cli(["hives", "extract", str(inp), "--model", str(ck), "--text-field", "body", "-o", str(ext)], e,
+            timeout=900, check=True)
+    lines = [json.loads(x) for x in ext.read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["x0", "x1", "x2"]
+    prof = tmp_path / "profile.json"
+    run_cli(["hives", "profile", str(inp), "--model", str(ck), "--top-k", "1", "--judge", "embedding",
+             "--text-field", "body", "-o", str(prof)], e, timeout=900, check=True)
+    p = json.loads(prof.read_text())
+    assert p["n_texts"] == 3
+    touched = [v for v in p["values"].values() if v.get("touched_by")]
+    assert touched and all("mean_intensity" in v for v in touched)  # --judge scored the values the texts touch
+    # --top-k 1: one value per theory per text, so no theory's values are touched by more texts than there are
+    by_theory: dict = {}
+    for v in p["values"].values():
+        by_theory.setdefault(v["theory"], 0.0)
+        by_theory[v["theory"]] += v.get("touched_by", 0.0)
+    assert all(t <= 1.0 + 1e-9 for t in by_theory.values()), by_theory
+    assert np.isfinite([v["mean_intensity"] for v in touched]).all()
