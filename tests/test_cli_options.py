@@ -247,3 +247,49 @@ def test_hives_train_eval_extract_profile_options(tmp_path):
         by_theory[v["theory"]] += v.get("touched_by", 0.0)
     assert all(t <= 1.0 + 1e-9 for t in by_theory.values()), by_theory
     assert np.isfinite([v["mean_intensity"] for v in touched]).all()
+
+
+def test_environment_settings_take_effect(env, workers, tmp_path, pg_url, monkeypatch):
+    """VALUEFLOW_CHUNK_SIZE (windows per task when --chunk-size is not given), VALUEFLOW_VISIBILITY_TIMEOUT
+    (the broker's redelivery timeout; under 60 s refused) and VALUEFLOW_MAX_REDELIVERIES (a chunk
+    started more often than this gives up, at least 1)."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"t{i}", "text": f"I helped neighbour number {i} move house."}) + "\n"
+                           for i in range(4)))
+    small = dict(env, VALUEFLOW_CHUNK_SIZE="6")  # a chunk holds whole texts (3 windows each): 2 per chunk
+    by_env = _last_line(run_cli(["score", str(inp), "--value", "care-harm", "--no-wait"], small, timeout=300))
+    by_flag = _last_line(run_cli(["score", str(inp), "--value", "care-harm", "--chunk-size", "3", "--no-wait"], small,
+                                 timeout=300))
+    chunks = {j: _q(pg_url, "SELECT n_windows, n_chunks FROM jobs WHERE id = $1", j)[0] for j in (by_env, by_flag)}
+    assert tuple(chunks[by_env]) == (12, 2) and tuple(chunks[by_flag]) == (12, 4)  # 4 texts × 3 windows
+    for j in (by_env, by_flag):
+        assert run_cli(["jobs", "cancel", j], env).returncode == 0
+
+    res = run_cli(["status"], dict(env, VALUEFLOW_VISIBILITY_TIMEOUT="30"))
+    assert res.returncode != 0 and "VALUEFLOW_VISIBILITY_TIMEOUT" in res.stderr and "Traceback" not in res.stderr
+    for var in ("VALUEFLOW_DATABASE_URL", "VALUEFLOW_BROKER_URL"):
+        monkeypatch.setenv(var, env[var])
+    monkeypatch.setenv("VALUEFLOW_VISIBILITY_TIMEOUT", "1234")
+    from workers.tasks.app import make_app
+
+    app = make_app(env["VALUEFLOW_BROKER_URL"])
+    assert app.conf.broker_transport_options["visibility_timeout"] == 1234
+    assert app.conf.result_backend_transport_options["visibility_timeout"] == 1234
+
+    res = run_cli(["status"], dict(env, VALUEFLOW_MAX_REDELIVERIES="0"))
+    assert res.returncode != 0 and "VALUEFLOW_MAX_REDELIVERIES: must be >= 1, got 0" in res.stderr
+    env["VALUEFLOW_MAX_REDELIVERIES"] = "1"
+    job = _last_line(run_cli(["score", str(inp), "--value", "care-harm", "--no-wait"], env, timeout=300))
+    # its chunks were started once already (by a worker that died before it finished them): the next
+    # start is a second delivery, past the limit of 1 (the default, 5, would run them)
+    _q(pg_url, "UPDATE chunks SET deliveries = 1 WHERE job_id = $1", job)
+    workers.start()
+    run_cli(["jobs", "wait", job, "--timeout", "300"], env, timeout=360)
+    # the judge stage gave up at once: every window failed (retryable: jobs resume --retry-failed), the
+    # texts are reported unscored, and the job finishes
+    assert _state(pg_url, job) == "done"
+    failed = _q(pg_url, "SELECT failure_cause AS c, failure AS f, count(*) AS n FROM windows WHERE job_id = $1"
+                        " GROUP BY 1, 2", job)
+    assert [tuple(r) for r in failed] == [("redelivery_limit", "delivered 2 times (limit 1)", 12)]
+    scores = _q(pg_url, "SELECT intensity, windows_used, windows_failed FROM scores WHERE job_id = $1", job)
+    assert len(scores) == 4 and {tuple(r) for r in scores} == {(None, 0, 3)}

@@ -564,6 +564,13 @@ def test_hives_embed_cli_through_the_queue_and_locally(env, workers, tmp_path):
     from tests.conftest import run_cli
     from workers.hives.encoder import default_model_path
 
+    import subprocess
+    import sys
+
+    # VALUEFLOW_TORCH_THREADS: the worker's torch threads (a number torch would not pick by itself here)
+    default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                 capture_output=True, text=True, check=True).stdout)
+    env["VALUEFLOW_TORCH_THREADS"] = str(default + 1)
     workers.start(queues="gpu")
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"id": f"b{i}", "body": t}) + "\n"
@@ -571,10 +578,11 @@ def test_hives_embed_cli_through_the_queue_and_locally(env, workers, tmp_path):
     q = tmp_path / "q.npy"
     res = run_cli(["hives", "embed", str(inp), "--text-field", "body", "--queue", "-o", str(q)], env, check=True,
                   timeout=600)
-    assert "(2 computed, rest cached)" in res.stderr and "wrote (3, 384)" in res.stdout
+    assert "(2 computed, rest cached; " in res.stderr and "wrote (3, 384)" in res.stdout
+    assert f"; {default + 1} torch threads)" in res.stderr
     res = run_cli(["hives", "embed", str(inp), "--text-field", "body", "--queue", "-o", str(q)], env, check=True,
                   timeout=600)
-    assert "(0 computed, rest cached)" in res.stderr  # the second time from the store
+    assert "(0 computed, rest cached; " in res.stderr  # the second time from the store
     queued = np.load(q)
     local = tmp_path / "l.parquet"
     run_cli(["hives", "embed", str(inp), "--text-field", "body", "--local", "--model", str(default_model_path()),

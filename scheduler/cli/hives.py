@@ -115,7 +115,8 @@ def hives_embed(input_path, model, text_field, via_queue, output):
         except Exception as exc:  # noqa: BLE001 - the worker's error (re-raised here by Celery), in one line
             raise click.ClickException(f"the gpu worker's embed task failed: {type(exc).__name__}: {exc}") from None
         vecs = np.asarray(res["vectors"], dtype=np.float32)
-        click.echo(f"embedded {len(texts)} texts on {res['device']} ({res['computed']} computed, rest cached)", err=True)
+        click.echo(f"embedded {len(texts)} texts on {res['device']} ({res['computed']} computed, rest cached; "
+                   f"{res['threads']} torch threads)", err=True)
     else:
     
         vecs = _encoder(model).encode(texts, progress=True)

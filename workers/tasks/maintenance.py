@@ -29,5 +29,8 @@ def embed(**body) -> dict:
     store = runtime.store()
     encoder = runtime.resources.cached(f"encoder:{msg.model}", lambda: Encoder(msg.model))
     vectors, computed = runtime.run(embed_cached(store, encoder, msg.texts, msg.batch_size))
-    return {"model_version": encoder.version, "device": encoder.device_name, "computed": computed,
+    import torch
+
+    return {"model_version": encoder.version, "device": encoder.device_name, "threads": torch.get_num_threads(),
+            "computed": computed,
             "dim": int(vectors.shape[1]), "vectors": vectors.tolist()}
