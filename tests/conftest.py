@@ -147,6 +147,26 @@ def wait_until(condition, timeout_s: float, every_s: float = 0.2) -> None:
         time.sleep(every_s)
 
 
+def listen_for_events(broker_url: str, record, timeout_s: float = 120) -> None:
+    """Receive the workers' Celery events as Flower does, in a daemon thread for up to ``timeout_s``,
+    calling ``record(event)`` for each; returns once the receiver had a second to connect."""
+    import threading
+
+    from celery import Celery
+
+    def listen():
+        monitor = Celery(broker=broker_url)
+        with monitor.connection() as conn:
+            recv = monitor.events.Receiver(conn, handlers={"*": record})
+            try:
+                recv.capture(limit=None, timeout=timeout_s, wakeup=False)
+            except Exception:  # noqa: BLE001 - the capture times out once the test is over
+                pass
+
+    threading.Thread(target=listen, daemon=True).start()
+    time.sleep(1.0)
+
+
 def run_cli(args: list[str], env: dict, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "scheduler.cli", *args], env=env, capture_output=True, text=True,
                          timeout=timeout, cwd=ROOT)

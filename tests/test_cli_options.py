@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from tests.conftest import ROOT, run_cli, shared_data, wait_until
+from tests.conftest import ROOT, listen_for_events, run_cli, shared_data, wait_until
 from tests.test_score_job import _q
 from tests.test_vidb_build import VALUE, corpus, write_jsonl
 
@@ -77,25 +77,10 @@ def test_score_window_and_input_options_no_wait_and_jobs_list_status(env, worker
 def test_worker_sends_task_events_only_with_events(env, tmp_path):
     """worker --events / --no-events: whether the worker sends Celery task events (what Flower
     records): a ping run by each, and the events a monitor receives."""
-    import threading
-
-    from celery import Celery
-
     from workers.tasks.app import app_for
 
     events: list[tuple[str, str]] = []
-
-    def listen():
-        monitor = Celery(broker=env["VALUEFLOW_BROKER_URL"])
-        with monitor.connection() as conn:
-            recv = monitor.events.Receiver(conn, handlers={"*": lambda e: events.append((e["type"], e["hostname"]))})
-            try:
-                recv.capture(limit=None, timeout=120, wakeup=False)
-            except Exception:  # noqa: BLE001 - the capture times out once the test is over
-                pass
-
-    threading.Thread(target=listen, daemon=True).start()
-    time.sleep(1.0)
+    listen_for_events(env["VALUEFLOW_BROKER_URL"], lambda e: events.append((e["type"], e["hostname"])))
     procs = []
     try:
         for queue, flag in (("default", "--events"), ("refit", "--no-events")):

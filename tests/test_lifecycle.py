@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, open_test_store, run_cli, wait_until
+from tests.conftest import ROOT, listen_for_events, open_test_store, run_cli, wait_until
 from tests.fake_openai import ServerThread
 from tests.test_score_job import _q, _submit, _wait_job, _write_inputs
 
@@ -194,23 +194,8 @@ def test_worker_metrics_port_serves_real_values_after_a_job(env, workers, tmp_pa
     import sys
 
     # task events (--events) as Flower receives them
-    import threading
-
-    from celery import Celery
-
     events: list[str] = []
-
-    def listen():
-        app = Celery(broker=env["VALUEFLOW_BROKER_URL"])
-        with app.connection() as conn:
-            recv = app.events.Receiver(conn, handlers={"*": lambda e: events.append(e["type"])})
-            try:
-                recv.capture(limit=None, timeout=120, wakeup=False)
-            except Exception:  # noqa: BLE001 - the capture times out once the test is over
-                pass
-
-    threading.Thread(target=listen, daemon=True).start()
-    time.sleep(1.0)
+    listen_for_events(env["VALUEFLOW_BROKER_URL"], lambda e: events.append(e["type"]))
     proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-c", "2", "--metrics-port", str(port),
                              "--events"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     workers.procs.append(proc)
