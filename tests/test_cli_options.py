@@ -160,10 +160,11 @@ def test_vidb_and_study_jobs_without_waiting_and_with_a_local_worker(env, worker
     for j in later:
         assert run_cli(["jobs", "wait", j, "--timeout", "600"], env, timeout=660).returncode == 0
         assert _state(pg_url, j) == "done", j
+    report = tmp_path / "study"
     res = run_cli(["study", "stability", "--data", str(shared_data() / "vidb-sample" / "mft.json"), "--theory", "mft",
-                   "--limit", "2", "--repeats", "1", "--wait", "--no-local-worker"], env, timeout=900)
+                   "--limit", "2", "--repeats", "1", "--wait", "--no-local-worker", "-o", str(report)], env, timeout=900)
     study = _last_line(res)
-    assert _state(pg_url, study) == "done"
+    assert _state(pg_url, study) == "done" and (report / "stability.csv").exists()
     # the workers ran it: its chunks were taken by the worker processes the test started (or their pool's)
     ran_by = [r["w"] for r in _q(pg_url, "SELECT last_worker AS w FROM chunks WHERE job_id = $1", study)]
     pids = {p.pid for p in workers.procs} | {c.pid for p in workers.procs for c in psutil.Process(p.pid).children()}

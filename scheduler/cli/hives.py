@@ -118,7 +118,6 @@ def hives_embed(input_path, model, text_field, via_queue, output):
         click.echo(f"embedded {len(texts)} texts on {res['device']} ({res['computed']} computed, rest cached; "
                    f"{res['threads']} torch threads)", err=True)
     else:
-    
         vecs = _encoder(model).encode(texts, progress=True)
     if output.suffix == ".npy":
         np.save(output, vecs)

@@ -32,5 +32,4 @@ def embed(**body) -> dict:
     import torch
 
     return {"model_version": encoder.version, "device": encoder.device_name, "threads": torch.get_num_threads(),
-            "computed": computed,
-            "dim": int(vectors.shape[1]), "vectors": vectors.tolist()}
+            "computed": computed, "dim": int(vectors.shape[1]), "vectors": vectors.tolist()}
