@@ -18,8 +18,10 @@ texts (0.842); every figure depends on β, so README reports β = 1 too). Figure
   standard errors, as the job does), the value's refit as the expand job runs it (previous
   utilities, search estimates) vs from zero (10,000 items), best of 3, in seconds and in
   window-passes (:class:`PassCounter`); a budgeted refit (2 Newton steps) with its error against
-  the cold optimum; the passes ratio for +5, +50 and +1,000 texts; the expansion figure also prints the oracle bound
-  (:func:`workers.vidb.search.oracle_window_ratio`);
+  the cold optimum; the passes ratio for +5, +50 and +1,000 texts; and the same converged refit
+  from oracle starts within ±r of the optimum (:func:`oracle_start`: how close a start must be
+  for 40 %) beside how many items the job's warm start has farther than r;
+  the expansion figure also prints the oracle bound (:func:`workers.vidb.search.oracle_window_ratio`);
 * through the queue: a build job of ``--queue-comparisons`` pairwise windows run by 2 worker
   processes on real PostgreSQL and Redis, timed on the database's clock from submit to the
   finalize's last statement (the job's ``finished_at``) once both workers answer a ping, vs the
@@ -191,6 +193,28 @@ def warm_refit_by_size(sizes=(5, 50, 1000), n=10_000, per_item=20, rounds=16, se
             pl.fit(N, data, prior=PRIOR, init=init, tol=1e-8)
         out[n_new] = round(warm.passes / cold.passes, 3)
     return out
+
+
+def oracle_start(n=10_000, per_item=20, n_new=200, rounds=16, seed=2, radii=(0.03, 0.01, 0.003, 0.001)):
+    """How close a warm start must be for a converged refit to cost ≤ 40 %: warm / cold window-passes
+    from starts drawn uniformly within ±r of the optimum (an oracle: no job knows it), 3 draws each;
+    and how many items the job's own warm start has farther than each r from the optimum."""
+    rows, init, N = expansion_refit_problem(n, per_item, n_new, rounds, seed)
+    data = pl.prepare(N, rows)
+    with PassCounter() as cold:
+        pl.fit(N, data, prior=PRIOR, tol=1e-8)
+    opt = pl.fit(N, data, prior=PRIOR, tol=1e-14).utilities
+    rng = np.random.default_rng(seed)
+    ratio, far = {}, {}
+    for r in radii:
+        passes = []
+        for _ in range(3):
+            with PassCounter() as pc:
+                pl.fit(N, data, prior=PRIOR, init=opt + rng.uniform(-r, r, N), tol=1e-8)
+            passes.append(pc.passes)
+        ratio[r] = round(float(np.mean(passes)) / cold.passes, 3)
+        far[r] = int((np.abs(init - opt) > r).sum())
+    return {"passes_ratio": ratio, "warm_start_items_farther": far, "items": N}
 
 
 class PassCounter:
@@ -366,6 +390,13 @@ def main() -> None:
     out["refit"]["passes_ratio_by_new_texts"] = by_size
     print("  warm / cold window-passes by texts added: "
           + ", ".join(f"+{k}: {v:.0%}" for k, v in by_size.items()))
+    orc = oracle_start()
+    out["refit"]["oracle_start"] = orc
+    print("  converged refit from an oracle start within ±r of the optimum, warm / cold passes: "
+          + ", ".join(f"r = {r}: {v:.0%}" for r, v in orc["passes_ratio"].items())
+          + "; the job's warm start has " + ", ".join(f"{orc['warm_start_items_farther'][r]:,}"
+                                                      for r in orc["passes_ratio"])
+          + f" of {orc['items']:,} items farther than each r")
 
     targets = {
         "build_spearman_16_uniform_ge_0.9": curve["uniform"][16] >= 0.9,
