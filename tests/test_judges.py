@@ -6,10 +6,11 @@ import pytest
 from schemas.taxonomy import default_taxonomy
 from tests.conftest import open_test_store, vidb_sample
 from tests.fake_openai import ServerThread
-from workers.judges.api_judge import APIJudge, parse_retry_after
+from workers.judges.api_judge import APIJudge
 from workers.judges.config import JudgeConfig, load_judges
 from workers.judges.parsing import ParseError, parse_ranking
 from workers.judges.prompts import build_messages
+from workers.llm.client import parse_retry_after
 
 VALUE = default_taxonomy().get("care-harm")
 WINDOW = ["I fed the stray cat.", "I kicked the stray cat.", "I saw a cat.", "I adopted three shelter cats."]

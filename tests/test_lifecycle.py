@@ -628,6 +628,65 @@ def test_a_worker_whose_stage_task_fails_lets_go_of_the_chunk(pg_url, monkeypatc
     asyncio.run(go())
 
 
+def test_a_stage_copy_that_fails_leaves_the_chunk_to_a_copy_another_worker_began_since(pg_url, monkeypatch):
+    """Two deliveries of one stage run at once on two workers (a sweep's re-send racing the
+    original): the first fails for good while the second, begun after it, is still working. The
+    chunk is not failed under the second copy, which finishes it; the job completes with every
+    comparison stored once."""
+    from schemas.messages import StageTask
+    from schemas.vidb import VidbBuildSpec
+    from tests.test_vidb_build import VALUE, corpus
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+    from workers.jobs.kinds import vidb_build
+
+    real_judge = vidb_build.judge_windows
+    first_in, second_in, first_out = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    calls = []
+
+    async def judge(ctx):
+        calls.append(ctx.chunk_no)
+        if len(calls) == 1:  # the first copy: fails once the second one has begun
+            first_in.set()
+            await second_in.wait()
+            raise ZeroDivisionError("division by zero")
+        second_in.set()  # the second copy: works on after the first one failed
+        await first_out.wait()
+        await real_judge(ctx)
+
+    monkeypatch.setattr(vidb_build, "judge_windows", judge)
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            spec = VidbBuildSpec(input="mem", value=VALUE, judge="simulated", reference="refs.csv", per_text=4,
+                                 scale="minmax", chunk_size=1000)
+            sends = await lifecycle.submit(store, vidb_build.KIND, spec, "b-1", vidb_build.planner(spec, corpus(30)[0], []))
+            assert len(sends) == 1
+            msg = StageTask(**sends[0].kwargs)
+            first = asyncio.create_task(lifecycle.run_stage(store, Resources(), msg, 5, "host-a:1:1.0"))
+            await first_in.wait()
+            second = asyncio.create_task(lifecycle.run_stage(store, Resources(), msg, 5, "host-b:2:1.0"))
+            out_first = await first
+            row = await store.pool.fetchrow("SELECT state, deliveries, last_worker, error FROM chunks WHERE job_id = 'b-1'")
+            assert out_first.state == "failed"
+            assert tuple(row) == ("pending", 2, "host-b:2:1.0", None)
+            first_out.set()
+            out_second = await second
+            assert out_second.state == "ran"
+            await lifecycle.run_inline(store, Resources(), out_second.sends)  # the finalize
+            job = await store.job("b-1")
+            assert (job["state"], job["error"]) == ("done", None)
+            n_windows = await store.pool.fetchval("SELECT count(*) FROM windows WHERE job_id = 'b-1'")
+            n_comparisons = await store.pool.fetchval("SELECT count(*) FROM comparisons WHERE job_id = 'b-1'")
+            assert n_windows > 0 and n_comparisons == n_windows
+            assert calls == [0, 0]
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
 def test_a_local_worker_stops_when_the_command_that_started_it_is_killed(env):
     """--local-worker: the command's worker must not outlive it, even after SIGKILL (an orphaned
     worker would go on taking tasks, with the dead command's settings)."""

@@ -90,7 +90,7 @@ async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deli
     if began is None or began[1] != JobState.RUNNING:
         return StageOutcome("skipped", [], StageReport())
     try:
-        return await _run_begun(store, kind, spec, job, resources, msg, began[0], max_deliveries, t0)
+        return await _run_begun(store, kind, spec, job, resources, msg, began[0], max_deliveries, t0, worker)
     except Exception as exc:
         # A sweep never counts a chunk that a live process holds as lost, and the task's retry may
         # never come (Celery drops a retry it cannot publish): let go of the chunk (a retry's
@@ -103,7 +103,7 @@ async def run_stage(store: Store, resources: Resources, msg: StageTask, max_deli
 async def _let_go(store: Store, msg: StageTask, worker: str, error: str | None) -> None:
     try:
         if error is not None:
-            await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, error)  # a sweep completes the job
+            await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, error, worker)  # a sweep completes the job
         elif await store.drop_claim(msg.job_id, msg.chunk_no, msg.stage, worker):
             log.warning("job %s chunk %s: stage %s failed outside its work; it waits to be sent again",
                         msg.job_id, msg.chunk_no, msg.stage)
@@ -112,7 +112,7 @@ async def _let_go(store: Store, msg: StageTask, worker: str, error: str | None) 
 
 
 async def _run_begun(store: Store, kind: JobKind, spec: BaseModel, job, resources: Resources, msg: StageTask,
-                     deliveries: int, max_deliveries: int, t0: float) -> StageOutcome:
+                     deliveries: int, max_deliveries: int, t0: float, worker: str) -> StageOutcome:
     """The stage's work (or its give-up) and the hand-off, once :meth:`Store.begin_stage` counted
     this delivery."""
     stage = kind.stages[msg.stage]
@@ -121,7 +121,7 @@ async def _run_begun(store: Store, kind: JobKind, spec: BaseModel, job, resource
     if deliveries > max_deliveries:
         reason = f"delivered {deliveries} times (limit {max_deliveries})"
         if stage.give_up is None:
-            return await _fail_chunk(store, kind, msg, ctx, stage.name, reason, t0)
+            return await _fail_chunk(store, kind, msg, ctx, stage.name, reason, t0, worker)
         work, state = stage.give_up(ctx, reason), "gave_up"
     else:
         work = stage.run(ctx)
@@ -132,15 +132,18 @@ async def _run_begun(store: Store, kind: JobKind, spec: BaseModel, job, resource
             raise  # the task retries it
         # it would fail every retry the same way: fail the chunk (retryable), not the job
         log.exception("job %s chunk %s: stage %s failed", msg.job_id, msg.chunk_no, stage.name)
-        return await _fail_chunk(store, kind, msg, ctx, stage.name, describe(exc), t0)
+        return await _fail_chunk(store, kind, msg, ctx, stage.name, describe(exc), t0, worker)
     sends = await _advance(store, kind, spec, msg)
     return StageOutcome(state, sends, ctx.report, time.monotonic() - t0, kind.name, stage.name)
 
 
 async def _fail_chunk(store: Store, kind: JobKind, msg: StageTask, ctx: StageContext, stage: str, error: str,
-                      t0: float) -> StageOutcome:
-    """Fail the chunk (``jobs resume --retry-failed`` runs it again); the job goes on without it."""
-    await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, f"stage {stage}: {error}")
+                      t0: float, worker: str) -> StageOutcome:
+    """Fail the chunk (``jobs resume --retry-failed`` runs it again); the job goes on without it.
+    Not when another worker began this stage since (:meth:`Store.fail_chunk`): its copy goes on."""
+    if not await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, f"stage {stage}: {error}", worker):
+        log.warning("job %s chunk %s: stage %s failed here (%s), but another worker has taken the chunk since;"
+                    " it goes on there", msg.job_id, msg.chunk_no, stage, error)
     return StageOutcome("failed", await _complete(store, kind, msg.job_id), ctx.report, time.monotonic() - t0,
                         kind.name, stage)
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 from workers.judges.base import Completion, LLMJudge
 from workers.judges.config import JudgeConfig
 from workers.judges.prompts import ranking_schema
-from workers.llm.client import (  # noqa: F401 - re-exported for callers of the old location
-    BACKOFF_BASE_S, BACKOFF_CAP_S, RETRY_STATUS, ChatClient, FinalError, RetryableError, backoff_delay,
-    parse_retry_after)
+from workers.llm.client import ChatClient
 
 
 class APIJudge(LLMJudge):

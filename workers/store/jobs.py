@@ -166,11 +166,16 @@ class JobsMixin:
                 job_id, chunk_no, stage, ChunkState.PENDING, ChunkState.DONE)
         return row is not None
 
-    async def fail_chunk(self, job_id: str, chunk_no: int, stage: int, error: str) -> None:
-        await self.pool.execute(
+    async def fail_chunk(self, job_id: str, chunk_no: int, stage: int, error: str, worker: str = "") -> bool:
+        """Fail a chunk waiting in ``stage``; True if this call failed it. From a worker (``worker``
+        given), only while that worker is the chunk's latest holder: a copy of the stage that
+        another worker began since (a duplicate delivery) may still finish it, and if it fails too,
+        it fails the chunk itself."""
+        return await self.pool.fetchval(
             "UPDATE chunks SET state = $5, error = $4, updated_at = now()"
-            " WHERE job_id = $1 AND chunk_no = $2 AND stage = $3 AND state = $6",
-            job_id, chunk_no, stage, error, ChunkState.FAILED, ChunkState.PENDING)
+            " WHERE job_id = $1 AND chunk_no = $2 AND stage = $3 AND state = $6"
+            " AND ($7 = '' OR last_worker = $7) RETURNING true",
+            job_id, chunk_no, stage, error, ChunkState.FAILED, ChunkState.PENDING, worker) is not None
 
     async def claim_completion(self, job_id: str, has_finalize: bool) -> JobState | None:
         """When every chunk is done: running → finalizing (or → done without a finalize step); when
