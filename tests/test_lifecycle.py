@@ -665,14 +665,14 @@ def test_a_stage_copy_that_fails_leaves_the_chunk_to_a_copy_another_worker_began
             assert len(sends) == 1
             msg = StageTask(**sends[0].kwargs)
             first = asyncio.create_task(lifecycle.run_stage(store, Resources(), msg, 5, "host-a:1:1.0"))
-            await first_in.wait()
+            await asyncio.wait_for(first_in.wait(), 60)
             second = asyncio.create_task(lifecycle.run_stage(store, Resources(), msg, 5, "host-b:2:1.0"))
-            out_first = await first
+            out_first = await asyncio.wait_for(first, 60)
             row = await store.pool.fetchrow("SELECT state, deliveries, last_worker, error FROM chunks WHERE job_id = 'b-1'")
             assert out_first.state == "failed"
             assert tuple(row) == ("pending", 2, "host-b:2:1.0", None)
             first_out.set()
-            out_second = await second
+            out_second = await asyncio.wait_for(second, 60)
             assert out_second.state == "ran"
             await lifecycle.run_inline(store, Resources(), out_second.sends)  # the finalize
             job = await store.job("b-1")

@@ -142,8 +142,8 @@ async def _fail_chunk(store: Store, kind: JobKind, msg: StageTask, ctx: StageCon
     """Fail the chunk (``jobs resume --retry-failed`` runs it again); the job goes on without it.
     Not when another worker began this stage since (:meth:`Store.fail_chunk`): its copy goes on."""
     if not await store.fail_chunk(msg.job_id, msg.chunk_no, msg.stage, f"stage {stage}: {error}", worker):
-        log.warning("job %s chunk %s: stage %s failed here (%s), but another worker has taken the chunk since;"
-                    " it goes on there", msg.job_id, msg.chunk_no, stage, error)
+        log.warning("job %s chunk %s: stage %s failed here (%s); the chunk is left as it is: another copy holds"
+                    " or finished it, or it waits to be sent again", msg.job_id, msg.chunk_no, stage, error)
     return StageOutcome("failed", await _complete(store, kind, msg.job_id), ctx.report, time.monotonic() - t0,
                         kind.name, stage)
 

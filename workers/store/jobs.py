@@ -170,7 +170,8 @@ class JobsMixin:
         """Fail a chunk waiting in ``stage``; True if this call failed it. From a worker (``worker``
         given), only while that worker is the chunk's latest holder: a copy of the stage that
         another worker began since (a duplicate delivery) may still finish it, and if it fails too,
-        it fails the chunk itself."""
+        it fails the chunk itself. Only the latest holder counts: a copy begun later that fails still
+        fails the chunk under an earlier one, and two copies in one process are not told apart."""
         return await self.pool.fetchval(
             "UPDATE chunks SET state = $5, error = $4, updated_at = now()"
             " WHERE job_id = $1 AND chunk_no = $2 AND stage = $3 AND state = $6"
