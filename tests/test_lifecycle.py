@@ -562,20 +562,16 @@ def test_a_worker_whose_stage_task_fails_lets_go_of_the_chunk(pg_url, monkeypatc
     from asyncpg import exceptions as pgx
 
     from schemas.messages import StageTask
-    from schemas.vidb import VidbBuildSpec
-    from tests.test_vidb_build import VALUE, corpus
+    from tests.test_vidb_build import corpus, submit_build
     from workers.jobs import lifecycle
     from workers.jobs.kind import Resources
-    from workers.jobs.kinds import vidb_build
 
     worker = "host:4242:1.0"
 
     async def go():
         store = await open_test_store(pg_url)
         try:
-            spec = VidbBuildSpec(input="mem", value=VALUE, judge="simulated", reference="refs.csv", per_text=4,
-                                 scale="minmax", chunk_size=10)
-            sends = await lifecycle.submit(store, vidb_build.KIND, spec, "b-1", vidb_build.planner(spec, corpus(30)[0], []))
+            sends = await submit_build(store, corpus(30)[0], [], "b-1", per_text=4, scale="minmax", chunk_size=10)
             assert len(sends) >= 4
             await store.pool.execute("INSERT INTO worker_heartbeats VALUES ($1, now(), now() + interval '1 hour')",
                                      worker)  # the worker is alive throughout
@@ -634,8 +630,7 @@ def test_a_stage_copy_that_fails_leaves_the_chunk_to_a_copy_another_worker_began
     chunk is not failed under the second copy, which finishes it; the job completes with every
     comparison stored once."""
     from schemas.messages import StageTask
-    from schemas.vidb import VidbBuildSpec
-    from tests.test_vidb_build import VALUE, corpus
+    from tests.test_vidb_build import corpus, submit_build
     from workers.jobs import lifecycle
     from workers.jobs.kind import Resources
     from workers.jobs.kinds import vidb_build
@@ -659,9 +654,7 @@ def test_a_stage_copy_that_fails_leaves_the_chunk_to_a_copy_another_worker_began
     async def go():
         store = await open_test_store(pg_url)
         try:
-            spec = VidbBuildSpec(input="mem", value=VALUE, judge="simulated", reference="refs.csv", per_text=4,
-                                 scale="minmax", chunk_size=1000)
-            sends = await lifecycle.submit(store, vidb_build.KIND, spec, "b-1", vidb_build.planner(spec, corpus(30)[0], []))
+            sends = await submit_build(store, corpus(30)[0], [], "b-1", per_text=4, scale="minmax", chunk_size=1000)
             assert len(sends) == 1
             msg = StageTask(**sends[0].kwargs)
             first = asyncio.create_task(lifecycle.run_stage(store, Resources(), msg, 5, "host-a:1:1.0"))

@@ -44,15 +44,21 @@ def write_refs(path, refs) -> None:
         w.writerows(refs)
 
 
-async def build_inline(store, rows, refs, job_id="build-1", **kw):
+async def submit_build(store, rows, refs, job_id="build-1", **kw):
+    """Submit a build of ``rows`` (spec fields in ``kw``; the simulated judge by default): its sends."""
     from schemas.vidb import VidbBuildSpec
     from workers.jobs import lifecycle
-    from workers.jobs.kind import Resources
     from workers.jobs.kinds import vidb_build
 
     spec = VidbBuildSpec(input="mem", value=VALUE, judge=kw.pop("judge", "simulated"), reference="refs.csv", **kw)
-    sends = await lifecycle.submit(store, vidb_build.KIND, spec, job_id, vidb_build.planner(spec, rows, refs))
-    await lifecycle.run_inline(store, Resources(), sends)
+    return await lifecycle.submit(store, vidb_build.KIND, spec, job_id, vidb_build.planner(spec, rows, refs))
+
+
+async def build_inline(store, rows, refs, job_id="build-1", **kw):
+    from workers.jobs import lifecycle
+    from workers.jobs.kind import Resources
+
+    await lifecycle.run_inline(store, Resources(), await submit_build(store, rows, refs, job_id, **kw))
     return job_id
 
 
