@@ -78,6 +78,12 @@ def judge_views() -> int:
     return _int("VALUEFLOW_JUDGE_VIEWS", DEFAULT_JUDGE_VIEWS)
 
 
+# Not a setting: the embedded default, once started, exports its URLs to this process's environment
+# (and so to the workers it spawns) and names here the home whose servers they are, so that the
+# process and its children still know the URLs are the embedded ones (``Settings.embedded``).
+EMBEDDED_HOME_VAR = "VALUEFLOW_EMBEDDED_HOME"
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None
@@ -92,11 +98,13 @@ class Settings:
     stall_warn_s: int = 600  # a watched job that moves no further for this long gets a hint
     heartbeat_s: int = 15  # a worker process says it is alive this often; silent for 4 beats = dead
     sweep_s: int = 60  # a worker looks for lost tasks this often (one worker at a time); 0: never
+    urls_exported: bool = False  # the URLs are the embedded servers', exported by resolve_urls
 
     @property
     def embedded(self) -> bool:
-        """True when no servers are configured and the private ones under ``home`` are used."""
-        return self.database_url is None and self.broker_url is None
+        """True when no servers are configured and the private ones under ``home`` are used (also
+        after their URLs were exported to the environment: :data:`EMBEDDED_HOME_VAR`)."""
+        return (self.database_url is None and self.broker_url is None) or self.urls_exported
 
 
 def load_settings() -> Settings:
@@ -127,4 +135,5 @@ def load_settings() -> Settings:
         stall_warn_s=_int("VALUEFLOW_STALL_WARN_S", 600),
         heartbeat_s=_int("VALUEFLOW_HEARTBEAT_S", 15),
         sweep_s=_int("VALUEFLOW_SWEEP_S", 60, minimum=0),
+        urls_exported=db is not None and os.environ.get(EMBEDDED_HOME_VAR) == str(home),
     )

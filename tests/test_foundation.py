@@ -1,6 +1,7 @@
 """Store, migrations, broker round trips and the embedded default, against real servers."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -239,6 +240,42 @@ def test_url_helpers_rename_only_the_database():
         with_redis_db("postgresql://u@h/db", 1)
 
 
+BUILD_TEXTS = [
+    "I stayed late to help a new colleague finish her report.",
+    "I laughed when my brother dropped his birthday cake.",
+    "I lent my neighbour my car while his was being repaired.",
+    "I ignored my friend's messages the week her father died.",
+    "I cooked dinner for the family next door after their baby was born.",
+    "I told my cousin's secret to the whole family to get a laugh.",
+    "I checked on my elderly neighbour every morning during the storm.",
+    "I kept the change the cashier gave me by mistake and said nothing.",
+    "I taught my younger sister to ride a bike over the summer.",
+    "I skipped my best friend's wedding to go to a concert.",
+    "I gave up my seat on the train to a tired nurse.",
+    "I blamed my teammate for a mistake that was mine.",
+]
+
+
+def test_settings_know_exported_embedded_urls_from_configured_ones(monkeypatch, tmp_path):
+    """The embedded default exports its URLs to the environment for the workers it spawns; the
+    process and its children must still see them as the embedded servers (a ``--wait`` runs its
+    own worker only then), while the same URLs set by a user are configured servers."""
+    from schemas.settings import EMBEDDED_HOME_VAR, load_settings
+
+    monkeypatch.setenv("VALUEFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("VALUEFLOW_DATABASE_URL", raising=False)
+    monkeypatch.delenv("VALUEFLOW_BROKER_URL", raising=False)
+    monkeypatch.delenv(EMBEDDED_HOME_VAR, raising=False)
+    assert load_settings().embedded
+    monkeypatch.setenv("VALUEFLOW_DATABASE_URL", "postgresql://postgres:@/postgres?host=/x/pgdata")
+    monkeypatch.setenv("VALUEFLOW_BROKER_URL", "redis://127.0.0.1:40000/0")
+    assert not load_settings().embedded  # set by hand: configured servers
+    monkeypatch.setenv(EMBEDDED_HOME_VAR, str(tmp_path))
+    assert load_settings().embedded  # exported by this home's embedded default
+    monkeypatch.setenv(EMBEDDED_HOME_VAR, str(tmp_path / "other"))
+    assert not load_settings().embedded  # another home's servers
+
+
 def test_embedded_default_starts_serves_is_reused_and_stops(tmp_path):
     e = os.environ.copy()
     for var in ("VALUEFLOW_DATABASE_URL", "VALUEFLOW_BROKER_URL"):
@@ -260,6 +297,18 @@ def test_embedded_default_starts_serves_is_reused_and_stops(tmp_path):
         run_cli(["score", str(inp), "--value", "benevolence", "--wait", "-o", str(out)], e, check=True, timeout=600)
         lines = out.read_text().splitlines()
         assert lines[0].startswith("id,value,intensity") and len(lines) == 3
+        # a command that reads the store before it submits (vidb expand counts the value's items)
+        # still runs its own worker while it waits: the URLs the first read exported to its
+        # environment are still the embedded servers' (it used to wait for a worker forever)
+        corpus, new = tmp_path / "corpus.jsonl", tmp_path / "new.jsonl"
+        corpus.write_text("".join(json.dumps({"id": f"c{i}", "text": t}) + "\n" for i, t in enumerate(BUILD_TEXTS)))
+        new.write_text('{"id": "n1", "text": "I drove my aunt to every one of her hospital visits."}\n')
+        built = run_cli(["vidb", "build", str(corpus), "--value", "benevolence", "--comparisons-per-text", "4",
+                         "--wait"], e, check=True, timeout=600)
+        assert "benevolence: version 2, 42 items (12 new)" in built.stderr  # the seed's 30 and the corpus
+        expanded = run_cli(["vidb", "expand", str(new), "--value", "benevolence", "--wait"], e, check=True,
+                           timeout=300)
+        assert "benevolence: version 3, 43 items (1 new)" in expanded.stderr
         second = run_cli(["up"], e, check=True)
         assert first.stdout == second.stdout  # same servers, same URLs: reused
         st = run_cli(["status"], e, check=True).stdout

@@ -7,7 +7,7 @@ import os
 from typing import Callable, ContextManager
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from schemas.settings import load_settings
+from schemas.settings import EMBEDDED_HOME_VAR, load_settings
 
 
 def resolve_urls(while_starting: Callable[[], ContextManager] | None = None) -> tuple[str, str]:
@@ -16,13 +16,13 @@ def resolve_urls(while_starting: Callable[[], ContextManager] | None = None) -> 
     the environment so child processes (workers) agree. ``while_starting`` wraps a slow start
     (the CLI shows a spinner)."""
     settings = load_settings()
-    if not settings.embedded:
+    if settings.database_url is not None:  # configured, or the embedded ones exported already
         return settings.database_url, settings.broker_url  # type: ignore[return-value]
     from workers.infra.embedded import ensure_running
 
     with (while_starting or contextlib.nullcontext)():
         env = ensure_running(settings.home)
-    os.environ.update(env)
+    os.environ.update(env, **{EMBEDDED_HOME_VAR: str(settings.home)})
     return env["VALUEFLOW_DATABASE_URL"], env["VALUEFLOW_BROKER_URL"]
 
 
