@@ -241,3 +241,30 @@ def test_study_refuses_bad_data_with_the_file_and_line(env, tmp_path):
     res = run_cli(["study", "stability", "--data", str(shared_data() / "vidb-sample" / "mft.json"),
                    "--value", "benevolence"], env)
     assert res.returncode != 0 and "no labelled texts for benevolence" in res.stderr
+
+
+def test_study_reads_a_csv_whose_name_names_no_value_as_the_one_value_given(env, tmp_path, pg_url):
+    """An upstream-format CSV under any name: with one --value its texts are that value's; without,
+    a clear refusal. The job is submitted (--no-wait) with the texts spread over the intensities."""
+    from tests.test_score_job import _q
+
+    labels = tmp_path / "labels.csv"
+    rated = [("I gave my lunch to a classmate who had none.", 6.0), ("I shouted at my mother for no reason.", -5.5),
+             ("I walked my neighbour's dog while she was ill.", 4.5), ("I took credit for my friend's idea.", -7.0),
+             ("I answered a lost tourist's questions.", 2.0), ("I let my brother take the blame for me.", -8.0)]
+    with labels.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "final_rating"])
+        w.writerows(rated)
+    res = run_cli(["study", "stability", "--data", str(labels), "--no-wait"], env)
+    assert res.returncode != 0 and f"{labels}: cannot tell the value from the file name; pass --value" in res.stderr
+    res = run_cli(["study", "stability", "--data", str(labels), "--value", "benevolence", "--limit", "3",
+                   "--repeats", "1", "--no-wait"], env, check=True, timeout=300)
+    job = res.stdout.strip().splitlines()[-1]
+    spec = json.loads(_q(pg_url, "SELECT spec::text AS s FROM jobs WHERE id=$1", job)[0]["s"])
+    assert (spec["values"], spec["texts"]) == (["benevolence"], 3)
+    bodies = {r["body"] for r in _q(pg_url, "SELECT t.body FROM job_items i JOIN texts t ON t.id = i.text_id"
+                                            " WHERE i.job_id = $1", job)}
+    # --limit spreads over the intensity order (-8, -7, -5.5, 2, 4.5, 6): its ends and the third
+    assert bodies == {rated[5][0], rated[1][0], rated[0][0]}
+    assert run_cli(["jobs", "cancel", job], env).returncode == 0

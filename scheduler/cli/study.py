@@ -13,21 +13,23 @@ from scheduler.cli.score import value_options
 from schemas.settings import load_settings
 
 
-def load_labelled(path: Path) -> dict[str, list[tuple[str, float]]]:
+def load_labelled(path: Path, value: str | None = None) -> dict[str, list[tuple[str, float]]]:
     """Labelled texts per value from a VIDB sample directory (``{theory}.json``), one few-shot JSON
-    file, one upstream CSV, or a directory of upstream CSVs."""
+    file, one upstream CSV, or a directory of upstream CSVs. ``value``: the value of a single CSV
+    file (as ``vidb import --value``), whatever its name says; a directory's CSVs are named by value."""
     from workers.io.vidb_files import read_vidb
 
     if path.is_dir():
         files = sorted(path.glob("*.json")) + sorted(path.glob("*.csv"))
         if not files:
             raise click.ClickException(f"{path}: no .json or .csv VIDB files in this directory")
+        value = None
     else:
         files = [path]
     rows: dict[str, list[tuple[str, float]]] = {}
     for f in files:
-        for value, items in read_vidb(f).items():
-            rows.setdefault(value, []).extend(items)
+        for v, items in read_vidb(f, value).items():
+            rows.setdefault(v, []).extend(items)
     return rows
 
 
@@ -75,13 +77,15 @@ def stability(judge, data, values, theories, limit, repeats, paraphrases, k, m, 
 
     if out_dir is not None and not wait:
         raise click.UsageError(f"-o {out_dir} needs --wait (or later: valueflow study report JOB -o {out_dir})")
+    chosen = [v.key for v in resolve_values(values, theories)] if values or theories else []
     try:
         cfg = get_judge_config(judge)
-        labelled = load_labelled(data)
+        # one CSV file and one --value: the file holds that value's texts, whatever its name
+        labelled = load_labelled(data, chosen[0] if len(chosen) == 1 else None)
     except (ValueError, InputError) as exc:
         raise click.ClickException(str(exc)) from None
-    if values or theories:
-        keys = [v.key for v in resolve_values(values, theories)]
+    if chosen:
+        keys = chosen
         missing = [v for v in keys if v not in labelled]
         if missing:
             raise click.ClickException(f"{data}: no labelled texts for {', '.join(missing)}")
