@@ -23,11 +23,25 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+class TasksNotSent(RuntimeError):
+    """A job is stored and live, but the broker took none or only some of its tasks."""
+
+
 async def submit(store: Store, app, kind: JobKind, spec, plan: lifecycle.Planner) -> str:
-    """Stage, plan, make live and enqueue a job; returns its id."""
+    """Stage, plan, make live and enqueue a job; returns its id. A broker that fails while the
+    tasks are sent raises :class:`TasksNotSent` naming the job (``jobs resume`` sends them)."""
+    from kombu.exceptions import OperationalError
+
+    from workers.infra.transient import describe
+
     job_id = new_job_id()
     sends = await lifecycle.submit(store, kind, spec, job_id, plan)
-    send(app, sends)
+    try:
+        send(app, sends)
+    except OperationalError as exc:
+        raise TasksNotSent(f"job {job_id} is stored, but the broker did not take its tasks ({describe(exc)}): "
+                           f"`valueflow jobs resume {job_id}` sends them once the broker is back (running "
+                           "workers' sweep sends them too)") from exc
     return job_id
 
 

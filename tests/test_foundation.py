@@ -334,3 +334,61 @@ def test_an_import_adds_a_version_and_the_seed_never_joins_a_value_that_has_item
             await store.close()
 
     assert asyncio.run(go()) == [("care-harm", 1, "import", 1, 1), ("justice", 1, "import", 2, 2)]
+
+
+def test_a_server_that_cannot_be_reached_is_one_line_naming_it_and_nothing_is_stored(env, tmp_path, pg_url):
+    """A database or broker that is not there stops a command with one line naming the server and
+    its variable (no traceback); a submit whose broker is down stores no job."""
+    from tests.test_score_job import _q
+    from workers.infra.embedded import free_port
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "text": "I walked my neighbour home in the dark."}\n')
+    dead_db = dict(env, VALUEFLOW_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    res = run_cli(["jobs", "list"], dead_db)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"Error: cannot reach the database, {dead_db['VALUEFLOW_DATABASE_URL']} "
+                                 "(VALUEFLOW_DATABASE_URL): ConnectionRefusedError")
+    no_db = dict(env, VALUEFLOW_DATABASE_URL=pg_url + "_missing")
+    res = run_cli(["jobs", "list"], no_db)
+    assert res.returncode == 1 and "(VALUEFLOW_DATABASE_URL): InvalidCatalogNameError: database" in res.stderr
+    dead_broker = dict(env, VALUEFLOW_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    broker_line = f"Error: cannot reach the broker, {dead_broker['VALUEFLOW_BROKER_URL']} (VALUEFLOW_BROKER_URL): " \
+                  "OperationalError: Error 111 connecting to"
+    res = run_cli(["score", str(inp), "--value", "benevolence"], dead_broker)
+    assert res.returncode == 1 and res.stderr.startswith(broker_line) and "Traceback" not in res.stderr, res.stderr
+    assert _q(pg_url, "SELECT to_regclass('public.jobs') IS NULL AS untouched")[0]["untouched"]  # nothing stored
+    # a command that meets the broker after the database: the same line
+    job = run_cli(["score", str(inp), "--value", "benevolence", "--no-wait"], env, check=True).stdout.split()[-1]
+    res = run_cli(["jobs", "resume", job], dead_broker)
+    assert res.returncode == 1 and res.stderr.startswith(broker_line) and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_job_whose_tasks_the_broker_did_not_take_is_named_and_resume_sends_them(pg_url, redis_url):
+    """The broker fails between the check and the send: the job is stored and live, the error
+    names it and says how to send its tasks; ``jobs resume`` sends them once the broker is back."""
+    from scheduler import jobs as J
+    from schemas.vidb import VidbBuildSpec
+    from tests.test_vidb_build import VALUE, corpus
+    from workers.infra.embedded import free_port
+    from workers.jobs.kinds import vidb_build
+    from workers.tasks.app import app_for, queue_depths
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            spec = VidbBuildSpec(input="mem", value=VALUE, judge="simulated", reference="refs.csv", per_text=4,
+                                 scale="minmax", chunk_size=40)
+            with pytest.raises(J.TasksNotSent) as err:
+                await J.submit(store, app_for(f"redis://127.0.0.1:{free_port()}/0"), vidb_build.KIND, spec,
+                               vidb_build.planner(spec, corpus(30)[0], []))
+            job = await store.pool.fetchrow("SELECT id, state, n_chunks FROM jobs")
+            assert str(err.value).startswith(f"job {job['id']} is stored, but the broker did not take its tasks")
+            assert f"`valueflow jobs resume {job['id']}` sends them" in str(err.value)
+            assert job["state"] == "running" and job["n_chunks"] >= 2
+            assert await J.resume(store, app_for(redis_url), job["id"]) == job["n_chunks"]
+            assert sum(queue_depths(redis_url).values()) == job["n_chunks"]
+        finally:
+            await store.close()
+
+    asyncio.run(go())

@@ -16,6 +16,18 @@ class Main(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            # imported only on an error: commands that never meet the broker do not load it
+            from kombu.exceptions import OperationalError
+
+            from scheduler.cli.common import unreachable
+            from scheduler.jobs import TasksNotSent
+
+            if isinstance(exc, TasksNotSent):
+                raise click.ClickException(str(exc)) from None
+            if isinstance(exc, OperationalError):  # the broker, wherever a command met it
+                raise unreachable("broker", exc) from None
+            raise
 
 
 @click.group(cls=Main)

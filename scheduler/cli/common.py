@@ -29,15 +29,53 @@ def celery_app(broker_url: str):
     return app_for(broker_url)
 
 
+def unreachable(server: str, exc: BaseException) -> click.ClickException:
+    """One line for a server a command cannot reach (``server``: "database" or "broker"): which
+    one, where it was configured, and why."""
+    from schemas.settings import load_settings, redact
+    from workers.infra.transient import describe
+
+    settings = load_settings()
+    var = "VALUEFLOW_DATABASE_URL" if server == "database" else "VALUEFLOW_BROKER_URL"
+    if settings.embedded:
+        where = f"the embedded {'PostgreSQL' if server == 'database' else 'Redis'} under {settings.home}"
+    else:
+        where = f"{redact(os.environ.get(var, ''))} ({var})"
+    return click.ClickException(f"cannot reach the {server}, {where}: {describe(exc)}")
+
+
+def _connect_errors() -> tuple[type[BaseException], ...]:
+    """What connecting to PostgreSQL raises when the server is not there or refuses us."""
+    from asyncpg import exceptions as pgx
+
+    return (OSError, asyncio.TimeoutError, pgx.InvalidCatalogNameError, pgx.InvalidAuthorizationSpecificationError,
+            pgx.CannotConnectNowError, pgx.TooManyConnectionsError)
+
+
 async def _with_store(fn, *args, migrate: bool = True):
     from workers.store import open_store
 
     db, _ = resolve_urls()
-    store = await open_store(db, migrate=migrate)
+    try:
+        store = await open_store(db, migrate=migrate)
+    except _connect_errors() as exc:
+        raise unreachable("database", exc) from None
     try:
         return await fn(store, *args)
     finally:
         await store.close()
+
+
+def check_broker(app) -> None:
+    """Fail now, in one line, when the broker cannot be reached (before a job is stored that could
+    not be sent); a reachable broker costs one connection."""
+    from kombu.exceptions import OperationalError
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+    except OperationalError as exc:
+        raise unreachable("broker", exc) from None
 
 
 def run_with_store(fn, *args, migrate: bool = True):

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from scheduler.cli.common import celery_app, console, resolve_urls, run_with_store, spawn_worker, stop_worker
+from scheduler.cli.common import (celery_app, check_broker, console, resolve_urls, run_with_store, spawn_worker,
+                                  stop_worker)
 
 
 @click.group()
@@ -234,6 +235,7 @@ def submit_and_follow(kind, spec, plan, describe, *, wait: bool, local_worker: b
     settings = load_settings()
     _, broker = resolve_urls()
     app = celery_app(broker)
+    check_broker(app)  # before anything is stored
     if local_worker is None:
         local_worker = settings.embedded and wait
 
