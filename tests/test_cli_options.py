@@ -68,10 +68,51 @@ def test_score_window_and_input_options_no_wait_and_jobs_list_status(env, worker
     listed = run_cli(["jobs", "list", "--limit", "1"], env, check=True).stdout.strip().splitlines()
     assert len(listed) == 2 and listed[1].split()[0] == later  # a header and the newest job only
     assert len(run_cli(["jobs", "list", "--limit", "2"], env, check=True).stdout.strip().splitlines()) == 3
-    workers.start()
-    res = run_cli(["jobs", "status", later, "--wait"], env, timeout=900, check=True)
-    assert _state(pg_url, later) == "done" and "done" in res.stdout
+    # jobs wait --no-local-worker (the default with configured servers): nobody runs it
+    res = run_cli(["jobs", "wait", later, "--no-local-worker", "--timeout", "5"], env, timeout=300)
+    assert res.returncode == 1 and _state(pg_url, later) == "running"
+    # jobs wait --local-worker: runs one while it waits, which finishes the job
+    res = run_cli(["jobs", "wait", later, "--local-worker"], env, timeout=900)
+    assert res.returncode == 0 and res.stdout.strip() == f"{later} done"
     assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id = $1", later)[0]["n"] == 4
+    last = _last_line(run_cli(["score", str(inp), "--value", "fairness-cheating", "--id-field", "key", "--text-field",
+                               "body", "--no-wait"], env, timeout=300))
+    workers.start()
+    res = run_cli(["jobs", "status", last, "--wait"], env, timeout=900, check=True)
+    assert _state(pg_url, last) == "done" and "done" in res.stdout
+    assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id = $1", last)[0]["n"] == 4
+
+
+def test_interrupting_a_wait_stops_its_worker_leaves_the_job_running_and_says_how_to_follow_it(env, tmp_path,
+                                                                                                 pg_url):
+    """Ctrl-C in ``score --wait --local-worker``: the command stops its worker and says that the job
+    goes on and how to follow it; ``jobs wait JOB --local-worker`` then finishes it."""
+    import signal
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"t{i}", "text": f"I helped neighbour number {i} carry her boxes upstairs."})
+                           + "\n" for i in range(200)))
+    Path(env["VALUEFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    cmd = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "score", str(inp), "--value", "care-harm", "--wait",
+                            "--local-worker"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        wait_until(lambda: _q(pg_url, "SELECT to_regclass('public.jobs') IS NOT NULL AS up")[0]["up"]
+                   and _q(pg_url, "SELECT count(*) AS n FROM jobs WHERE state = 'running'")[0]["n"] == 1, 300)
+        wait_until(lambda: psutil.Process(cmd.pid).children(), 60)
+        worker = psutil.Process(cmd.pid).children()[0]
+        cmd.send_signal(signal.SIGINT)
+        out, err = cmd.communicate(timeout=120)
+    finally:
+        if cmd.poll() is None:
+            cmd.kill()
+    job = _q(pg_url, "SELECT id FROM jobs")[0]["id"]
+    assert cmd.returncode == 1 and _state(pg_url, job) == "running"
+    assert f"job {job} goes on without this command: `valueflow jobs wait {job}` follows it" in " ".join(err.split())
+    assert not worker.is_running()  # stopped (and reaped) before the command exited
+    res = run_cli(["jobs", "wait", job, "--local-worker"], env, timeout=900)
+    assert res.returncode == 0 and res.stdout.strip() == f"{job} done"
+    assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id = $1", job)[0]["n"] == 200
 
 
 def test_worker_sends_task_events_only_with_events(env, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -93,6 +94,24 @@ def spawn_worker(queues: str = "default,gpu,api,refit", concurrency: int = 1, lo
     env = dict(os.environ, VALUEFLOW_PARENT_PID=str(os.getpid()))
     return subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-Q", queues, "-c", str(concurrency),
                              "--loglevel", "WARNING"], stdout=out, stderr=out, env=env, start_new_session=True)
+
+
+@contextlib.contextmanager
+def local_worker_while(enabled: bool):
+    """A worker subprocess (logging to ``VALUEFLOW_HOME/worker.log``) for the duration of the block,
+    when ``enabled``; stopped however the block ends."""
+    if not enabled:
+        yield
+        return
+    from schemas.settings import load_settings
+
+    home = load_settings().home
+    home.mkdir(parents=True, exist_ok=True)
+    proc = spawn_worker(log=home / "worker.log")
+    try:
+        yield
+    finally:
+        stop_worker(proc)
 
 
 def _process_state(pid: int) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 from pathlib import Path
@@ -9,8 +11,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from scheduler.cli.common import (celery_app, check_broker, console, resolve_urls, run_with_store, spawn_worker,
-                                  stop_worker)
+from scheduler.cli.common import (celery_app, check_broker, console, local_worker_while, resolve_urls,
+                                  run_with_store)
 
 
 @click.group()
@@ -95,8 +97,15 @@ def jobs_status(job_id: str, wait: bool, as_json: bool) -> None:
                    "no worker started whose task is no longer in its queue (tasks a restarted Redis lost), chunks whose "
                    "worker process died (its heartbeat expired), a lost finalize; a chunk a live worker runs, or one "
                    "waiting in its queue behind others, is left alone (workers also do this themselves every VALUEFLOW_SWEEP_S seconds)")
-def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool) -> None:
+@click.option("--local-worker/--no-local-worker", default=None,
+              help="run a worker inside this command while waiting [default: on for the embedded default]")
+def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool, local_worker: bool | None) -> None:
     """Block until the job finishes; exit 1 if it failed or was cancelled."""
+    from schemas.settings import load_settings
+
+    if local_worker is None:
+        local_worker = load_settings().embedded
+
     async def go(store):
         from scheduler import jobs as J
         from schemas.settings import load_settings
@@ -111,7 +120,8 @@ def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool) -> None:
             sent = await resend_lost(store, app, broker, [job_id], lost_after_s=load_settings().stall_warn_s)
             n = sent.get(job_id, 0)
             return f"re-enqueued {n} task(s) of {job_id}", n == 0  # nothing lost yet: look again next stall
-        state = await J.wait(store, job_id, timeout_s=timeout, on_stall=resume if resume_stalled else None)
+        with local_worker_while(local_worker), left_running_hint(job_id):
+            state = await J.wait(store, job_id, timeout_s=timeout, on_stall=resume if resume_stalled else None)
         click.echo(f"{job_id} {state}")
         if state != "done":
             raise SystemExit(1)
@@ -155,20 +165,23 @@ def jobs_export(job_id: str, output: Path) -> None:
     run_with_store(go)
 
 
+@contextlib.contextmanager
+def left_running_hint(job_id: str):
+    """Interrupted while following a job (Ctrl-C): say that the job goes on and how to follow it."""
+    try:
+        yield
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        console.print(f"job {job_id} goes on without this command: `valueflow jobs wait {job_id}` follows it again "
+                      f"(and runs a worker on the embedded default); `valueflow jobs cancel {job_id}` stops it")
+        raise
+
+
 async def wait_and_export(store, job_id: str, output: Path | None, local_worker: bool) -> str:
     """Follow a job to its end (running a local worker meanwhile if asked), export, print status."""
-    from schemas.settings import load_settings
     from scheduler import jobs as J
 
-    home = load_settings().home
-    if local_worker:
-        home.mkdir(parents=True, exist_ok=True)
-    proc = spawn_worker(log=home / "worker.log") if local_worker else None
-    try:
+    with local_worker_while(local_worker), left_running_hint(job_id):
         state = await J.wait(store, job_id)
-    finally:
-        if proc is not None:
-            stop_worker(proc)
     console.print(f"job {job_id}: {state}")
     await print_status(store, job_id)
     if state == "failed":
