@@ -258,6 +258,12 @@ def test_study_reads_a_csv_whose_name_names_no_value_as_the_one_value_given(env,
         w.writerows(rated)
     res = run_cli(["study", "stability", "--data", str(labels), "--no-wait"], env)
     assert res.returncode != 0 and f"{labels}: cannot tell the value from the file name; pass --value" in res.stderr
+    # a file named for another value is not read as this one
+    other = tmp_path / "care-harm_mft_flag_aggregated.csv"
+    other.write_bytes(labels.read_bytes())
+    res = run_cli(["study", "stability", "--data", str(other), "--value", "benevolence", "--no-wait"], env)
+    assert res.returncode != 0
+    assert f"{other}: the file name says value 'care-harm', --value says 'benevolence'" in res.stderr
     res = run_cli(["study", "stability", "--data", str(labels), "--value", "benevolence", "--limit", "3",
                    "--repeats", "1", "--no-wait"], env, check=True, timeout=300)
     job = res.stdout.strip().splitlines()[-1]

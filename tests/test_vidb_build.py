@@ -330,6 +330,13 @@ def test_cli_build_versions_diff_export_and_bad_inputs(env, workers, tmp_path, p
                    "--reference", str(shared)], env)
     assert res.returncode != 0, res.stderr
     assert f"{shared}:22: field 'text': also in the corpus ({tmp_path / 'corpus.jsonl'}:5)" in " ".join(res.stderr.split())
+    # another value's upstream file (named {value}_{theory}...) is not taken as this value's references
+    foreign = tmp_path / "fairness-cheating_mft_flag_aggregated.csv"
+    write_refs(foreign, references())
+    res = run_cli(["vidb", "build", str(tmp_path / "corpus.jsonl"), "--value", VALUE, "--judge", "simulated",
+                   "--reference", str(foreign)], env)
+    assert res.returncode != 0
+    assert f"{foreign}: the file name says value 'fairness-cheating', --value says {VALUE!r}" in res.stderr
     # too few texts for any design (no references with --scale minmax), refused before a text is stored
     write_jsonl(tmp_path / "two.jsonl", rows[:2])
     res = run_cli(["vidb", "build", str(tmp_path / "two.jsonl"), "--value", VALUE, "--judge", "simulated",

@@ -5,6 +5,8 @@ One module per command group; each command is thin over library functions.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from schemas.settings import ConfigError
@@ -17,15 +19,13 @@ class Main(click.Group):
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
-            # imported only on an error: commands that never meet the broker do not load it
-            from kombu.exceptions import OperationalError
-
-            from scheduler.cli.common import unreachable
-            from scheduler.jobs import TasksNotSent
-
-            if isinstance(exc, TasksNotSent):
+            # only a module a command loaded can have raised its error: nothing is imported here
+            jobs_mod, kombu_exc = sys.modules.get("scheduler.jobs"), sys.modules.get("kombu.exceptions")
+            if jobs_mod is not None and isinstance(exc, jobs_mod.TasksNotSent):
                 raise click.ClickException(str(exc)) from None
-            if isinstance(exc, OperationalError):  # the broker, wherever a command met it
+            if kombu_exc is not None and isinstance(exc, kombu_exc.OperationalError):  # the broker, wherever met
+                from scheduler.cli.common import unreachable
+
                 raise unreachable("broker", exc) from None
             raise
 

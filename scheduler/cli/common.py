@@ -74,7 +74,7 @@ def check_broker(app) -> None:
 
     try:
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1)
+            conn.ensure_connection(max_retries=0)  # one try, no back-off sleep
     except OperationalError as exc:
         raise unreachable("broker", exc) from None
 
@@ -92,8 +92,12 @@ def spawn_worker(queues: str = "default,gpu,api,refit", concurrency: int = 1, lo
     out = open(log, "ab") if log else subprocess.DEVNULL
     # the worker stops when this command dies, even by SIGKILL (an orphan would take other jobs' tasks)
     env = dict(os.environ, VALUEFLOW_PARENT_PID=str(os.getpid()))
-    return subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-Q", queues, "-c", str(concurrency),
-                             "--loglevel", "WARNING"], stdout=out, stderr=out, env=env, start_new_session=True)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "scheduler.cli", "worker", "-Q", queues, "-c", str(concurrency),
+                                 "--loglevel", "WARNING"], stdout=out, stderr=out, env=env, start_new_session=True)
+    finally:
+        if log:
+            out.close()  # the worker has its own copy
 
 
 @contextlib.contextmanager
@@ -154,3 +158,4 @@ def stop_worker(proc: subprocess.Popen) -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -109,9 +109,11 @@ def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool, local_wo
     async def go(store):
         from scheduler import jobs as J
         from schemas.settings import load_settings
+        from schemas.states import FINISHED
         from workers.tasks.sweeper import resend_lost
 
-        if await store.job(job_id) is None:
+        job = await store.job(job_id)
+        if job is None:
             raise click.ClickException(f"no job {job_id!r}")
         broker = resolve_urls()[1] if resume_stalled else ""
         app = celery_app(broker) if resume_stalled else None
@@ -120,7 +122,7 @@ def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool, local_wo
             sent = await resend_lost(store, app, broker, [job_id], lost_after_s=load_settings().stall_warn_s)
             n = sent.get(job_id, 0)
             return f"re-enqueued {n} task(s) of {job_id}", n == 0  # nothing lost yet: look again next stall
-        with local_worker_while(local_worker), left_running_hint(job_id):
+        with local_worker_while(local_worker and job["state"] not in FINISHED), left_running_hint(job_id):
             state = await J.wait(store, job_id, timeout_s=timeout, on_stall=resume if resume_stalled else None)
         click.echo(f"{job_id} {state}")
         if state != "done":

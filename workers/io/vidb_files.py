@@ -54,6 +54,14 @@ def _value_key(name: str, where: str) -> str:
     return v.key
 
 
+def _known_key(name: str) -> str | None:
+    """The key of the value ``name`` names, or None when it names none."""
+    try:
+        return default_taxonomy().get(name).key
+    except KeyError:
+        return None
+
+
 class _Once:
     """A value's rows, each text once: a repeat with the same rating is dropped, one with another
     rating is an error naming both places."""
@@ -77,16 +85,20 @@ class _Once:
 
 
 def read_vidb_csv(path: Path, value: str | None = None, lines: bool = False) -> Rows:
-    """``text,final_rating`` (or ``text,intensity``); the value comes from the file name or ``value``.
+    """``text,final_rating`` (or ``text,intensity``); the value comes from the file name or ``value``
+    (a name that names another value than ``value`` is refused).
     A text may appear once (or repeated with the same rating). Read as every input CSV is
     (:func:`workers.io.inputs.csv_records`: UTF-8 with or without a BOM, a record named by its first
     line). ``lines``: the rows are (text, intensity, line) instead of pairs."""
+    m = re.match(r"(.+?)_(pvq|mft|duty|right)(?:_.*)?$", path.stem)
     if value is None:
-        m = re.match(r"(.+?)_(pvq|mft|duty|right)(?:_.*)?$", path.stem)
         if not m:
             raise InputError(f"{path}: cannot tell the value from the file name; pass --value")
         value = m.group(1)
     key = _value_key(value, str(path))
+    named = _known_key(m.group(1)) if m else None
+    if named is not None and named != key:  # a file of another value, given for this one
+        raise InputError(f"{path}: the file name says value {named!r}, --value says {key!r}")
     once = _Once()
     score_col = None
     for line, row in csv_records(path, "text", max_text_chars()):
