@@ -598,6 +598,36 @@ def test_hives_embed_cli_through_the_queue_and_locally(env, workers, tmp_path):
     assert not (tmp_path / "x.npy").exists()
 
 
+def test_hives_embed_queue_runs_its_own_worker_or_says_that_none_answers(env, tmp_path):
+    """``hives embed --queue`` with no gpu worker anywhere: ``--local-worker`` runs one inside the
+    command (the default on the embedded default); ``--no-local-worker`` says, once nothing answered
+    for ``VALUEFLOW_STALL_WARN_S``, that no worker may be consuming the gpu queue."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, run_cli
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "text": "I kept my word."}\n{"id": "b", "text": "I lied to my brother."}\n')
+    (tmp_path / "home").mkdir(exist_ok=True)
+    res = run_cli(["hives", "embed", str(inp), "--queue", "--local-worker", "-o", str(tmp_path / "q.npy")], env,
+                  check=True, timeout=600)
+    assert "embedded 2 texts on cpu (2 computed, rest cached; " in res.stderr
+    assert np.load(tmp_path / "q.npy").shape == (2, 384)
+    cmd = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "hives", "embed", str(inp), "--queue",
+                            "--no-local-worker", "-o", str(tmp_path / "never.npy")], env={**env, "VALUEFLOW_STALL_WARN_S": "2"},
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        cmd.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        cmd.kill()
+    _, err = cmd.communicate()
+    assert "no answer for 2 s: is a worker consuming the gpu queue?" in err, err
+    assert not (tmp_path / "never.npy").exists()
+
+
 def test_hives_cli_extract_profile_eval(tmp_path):
     import os
 

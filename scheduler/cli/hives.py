@@ -93,27 +93,56 @@ def hives_eval(model, data, vidb_json, output):
     click.echo(text)
 
 
+EMBED_PATIENCE_S = 3600.0
+
+
+def _task_result(task, hint_after_s: float, patience_s: float = EMBED_PATIENCE_S) -> dict:
+    """A queued task's result; says once, after ``hint_after_s`` without one, that no worker may be
+    consuming the gpu queue; gives up after ``patience_s``. The worker's error in one line."""
+    from celery.exceptions import TimeoutError as NoResultYet
+
+    waited, hinted = 0.0, False
+    while True:
+        step = min(hint_after_s, patience_s - waited) if not hinted else patience_s - waited
+        try:
+            return task.get(timeout=step)
+        except NoResultYet:
+            waited += step
+            if waited >= patience_s:
+                raise click.ClickException(f"no gpu worker answered within {patience_s:.0f} s") from None
+            click.echo(f"no answer for {waited:.0f} s: is a worker consuming the gpu queue? (`valueflow worker -Q gpu`;"
+                       " `valueflow status` shows the queue's depth; --local-worker runs one here)", err=True)
+            hinted = True
+        except Exception as exc:  # noqa: BLE001 - the worker's error (re-raised here by Celery), in one line
+            raise click.ClickException(f"the gpu worker's embed task failed: {type(exc).__name__}: {exc}") from None
+
+
 @hives.command("embed")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--model", default=None)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--queue/--local", "via_queue", default=False, help="run as a task on the gpu queue (cached in the store)")
+@click.option("--local-worker/--no-local-worker", default=None,
+              help="with --queue: run a worker inside this command [default: on for the embedded default]")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help=".npy or .parquet")
-def hives_embed(input_path, model, text_field, via_queue, output):
+def hives_embed(input_path, model, text_field, via_queue, local_worker, output):
     """Embed texts (locally, or through a gpu-queue worker with the store's cache)."""
     import numpy as np
 
     ids, texts = _texts(input_path, text_field)
     if via_queue:
-        from scheduler.cli.common import celery_app, resolve_urls
+        from scheduler.cli.common import celery_app, check_broker, local_worker_while, resolve_urls
+        from schemas.settings import load_settings
         from workers.tasks.app import sent_now
 
+        settings = load_settings()
         _, broker = resolve_urls()
-        try:
-            res = celery_app(broker).send_task("valueflow.gpu.embed", kwargs={"texts": texts, "model": model},
-                                               queue="gpu", ignore_result=False, headers=sent_now()).get(timeout=3600)
-        except Exception as exc:  # noqa: BLE001 - the worker's error (re-raised here by Celery), in one line
-            raise click.ClickException(f"the gpu worker's embed task failed: {type(exc).__name__}: {exc}") from None
+        app = celery_app(broker)
+        check_broker(app)
+        with local_worker_while(settings.embedded if local_worker is None else local_worker):
+            task = app.send_task("valueflow.gpu.embed", kwargs={"texts": texts, "model": model}, queue="gpu",
+                                 ignore_result=False, headers=sent_now())
+            res = _task_result(task, settings.stall_warn_s)
         vecs = np.asarray(res["vectors"], dtype=np.float32)
         click.echo(f"embedded {len(texts)} texts on {res['device']} ({res['computed']} computed, rest cached; "
                    f"{res['threads']} torch threads)", err=True)
