@@ -152,13 +152,14 @@ def expansion_refit_problem(n, per_item, n_new, rounds, seed):
     return rows, np.concatenate([old, est[-1]]), n + n_new
 
 
-def warm_refit(n=10_000, per_item=20, n_new=200, rounds=16, seed=2, repeats=3):
-    """Seconds and window-passes of the refit after an expansion, cold (from zero) and warm (as the
-    expand job's finalize: :func:`workers.vidb.fit.fit_utilities` from the previous fit, new texts
-    at their search estimates), best of ``repeats``; and a budgeted warm refit (2 Newton steps)."""
+def warm_refit(problem, repeats=3):
+    """Seconds and window-passes of the refit after an expansion (``problem``:
+    :func:`expansion_refit_problem`), cold (from zero) and warm (as the expand job's finalize:
+    :func:`workers.vidb.fit.fit_utilities` from the previous fit, new texts at their search
+    estimates), best of ``repeats``; and a budgeted warm refit (2 Newton steps)."""
     from workers.vidb.fit import fit_utilities
 
-    rows, init, N = expansion_refit_problem(n, per_item, n_new, rounds, seed)
+    rows, init, N = problem
     t_cold = t_warm = np.inf
     for _ in range(repeats):  # best of `repeats`, alternating: the machine is shared
         with PassCounter() as pc_cold:
@@ -195,11 +196,12 @@ def warm_refit_by_size(sizes=(5, 50, 1000), n=10_000, per_item=20, rounds=16, se
     return out
 
 
-def oracle_start(n=10_000, per_item=20, n_new=200, rounds=16, seed=2, radii=(0.03, 0.01, 0.003, 0.001)):
-    """How close a warm start must be for a converged refit to cost ≤ 40 %: warm / cold window-passes
-    from starts drawn uniformly within ±r of the optimum (an oracle: no job knows it), 3 draws each;
-    and how many items the job's own warm start has farther than each r from the optimum."""
-    rows, init, N = expansion_refit_problem(n, per_item, n_new, rounds, seed)
+def oracle_start(problem, seed=2, radii=(0.03, 0.01, 0.003, 0.001)):
+    """How close a warm start must be for a converged refit of ``problem``
+    (:func:`expansion_refit_problem`) to cost ≤ 40 %: warm / cold window-passes from starts drawn
+    uniformly within ±r of the optimum (an oracle: no job knows it), 3 draws each; and how many
+    items the job's own warm start has farther than each r from the optimum."""
+    rows, init, N = problem
     data = pl.prepare(N, rows)
     with PassCounter() as cold:
         pl.fit(N, data, prior=PRIOR, tol=1e-8)
@@ -375,7 +377,8 @@ def main() -> None:
     out["expansion"]["windows_to_rmse_0.5"] = per_n
     print(f"adaptive windows per text to RMSE 0.5: n=1,000 → {per_n[1000]}, n=10,000 → {per_n[10000]}")
 
-    rf = warm_refit()
+    problem = expansion_refit_problem(n=10_000, per_item=20, n_new=200, rounds=16, seed=2)  # +200 into 10,000
+    rf = warm_refit(problem)
     t_cold, t_warm = rf["cold_s"], rf["warm_s"]
     out["refit"] = {k: (round(v, 3) if isinstance(v, float) and k.endswith("_s") else v) for k, v in rf.items()}
     out["refit"]["ratio"] = round(t_warm / t_cold, 3)
@@ -390,7 +393,7 @@ def main() -> None:
     out["refit"]["passes_ratio_by_new_texts"] = by_size
     print("  warm / cold window-passes by texts added: "
           + ", ".join(f"+{k}: {v:.0%}" for k, v in by_size.items()))
-    orc = oracle_start()
+    orc = oracle_start(problem)
     out["refit"]["oracle_start"] = orc
     print("  converged refit from an oracle start within ±r of the optimum, warm / cold passes: "
           + ", ".join(f"r = {r}: {v:.0%}" for r, v in orc["passes_ratio"].items())

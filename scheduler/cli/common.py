@@ -37,11 +37,12 @@ def unreachable(server: str, exc: BaseException) -> click.ClickException:
     from workers.infra.transient import describe
 
     settings = load_settings()
-    var = "VALUEFLOW_DATABASE_URL" if server == "database" else "VALUEFLOW_BROKER_URL"
+    var, url = (("VALUEFLOW_DATABASE_URL", settings.database_url) if server == "database"
+                else ("VALUEFLOW_BROKER_URL", settings.broker_url))
     if settings.embedded:
         where = f"the embedded {'PostgreSQL' if server == 'database' else 'Redis'} under {settings.home}"
     else:
-        where = f"{redact(os.environ.get(var, ''))} ({var})"
+        where = f"{redact(url or '')} ({var})"
     return click.ClickException(f"cannot reach the {server}, {where}: {describe(exc)}")
 
 

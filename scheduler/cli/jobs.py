@@ -108,7 +108,6 @@ def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool, local_wo
 
     async def go(store):
         from scheduler import jobs as J
-        from schemas.settings import load_settings
         from schemas.states import FINISHED
         from workers.tasks.sweeper import resend_lost
 

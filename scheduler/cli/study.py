@@ -16,7 +16,8 @@ from schemas.settings import load_settings
 def load_labelled(path: Path, value: str | None = None) -> dict[str, list[tuple[str, float]]]:
     """Labelled texts per value from a VIDB sample directory (``{theory}.json``), one few-shot JSON
     file, one upstream CSV, or a directory of upstream CSVs. ``value``: the value of a single CSV
-    file (as ``vidb import --value``), whatever its name says; a directory's CSVs are named by value."""
+    file (as ``vidb import --value``) whose name names none (a name naming another value is
+    refused); a directory's CSVs are named by value."""
     from workers.io.vidb_files import read_vidb
 
     if path.is_dir():
@@ -80,7 +81,7 @@ def stability(judge, data, values, theories, limit, repeats, paraphrases, k, m, 
     chosen = [v.key for v in resolve_values(values, theories)] if values or theories else []
     try:
         cfg = get_judge_config(judge)
-        # one CSV file and one --value: the file holds that value's texts, whatever its name
+        # one CSV file and one --value: the file holds that value's texts (unless named for another)
         labelled = load_labelled(data, chosen[0] if len(chosen) == 1 else None)
     except (ValueError, InputError) as exc:
         raise click.ClickException(str(exc)) from None
