@@ -161,10 +161,13 @@ def test_vidb_and_study_jobs_without_waiting_and_with_a_local_worker(env, worker
     Path(env["VALUEFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     rows, _ = corpus(16, seed=3)
     write_jsonl(tmp_path / "base.jsonl", rows)
+    # no --chunk-size: VALUEFLOW_CHUNK_SIZE windows per task, as for score and study
     res = run_cli(["vidb", "build", str(tmp_path / "base.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
-                   "--scale", "minmax", "--comparisons-per-text", "6", "--no-wait"], env, timeout=300)
+                   "--scale", "minmax", "--comparisons-per-text", "6", "--no-wait"],
+                  dict(env, VALUEFLOW_CHUNK_SIZE="10"), timeout=300)
     pending = _last_line(res)
     assert _state(pg_url, pending) == "running"
+    assert tuple(_q(pg_url, "SELECT n_windows, n_chunks FROM jobs WHERE id = $1", pending)[0]) == (48, 5)
     assert _q(pg_url, "SELECT count(*) AS n FROM comparisons WHERE job_id = $1", pending)[0]["n"] == 0
     assert run_cli(["jobs", "cancel", pending], env).returncode == 0
     _last_line(run_cli(["vidb", "build", str(tmp_path / "base.jsonl"), "--value", VALUE, "--judge", "simulated:beta=2",
@@ -215,7 +218,7 @@ def test_vidb_and_study_jobs_without_waiting_and_with_a_local_worker(env, worker
 def test_hives_train_eval_extract_profile_options(tmp_path):
     """hives train: -o, --vidb-json, --cross-anchors, --base-model, --stage1-steps, --stage2-steps,
     --lr, --seed, --device, --resume; hives eval --model --data; hives extract --model
-    --text-field; hives profile --model --top-k --judge --text-field."""
+    --text-field --id-field; hives profile --model --top-k --judge --text-field."""
     import csv
     import os
 
@@ -253,13 +256,19 @@ def test_hives_train_eval_extract_profile_options(tmp_path):
     run_cli(["hives", "eval", "--model", str(ck), "--data", str(rows), "-o", str(m)], e, timeout=900, check=True)
     assert json.loads(m.read_text())["n_texts"] == 6
     inp = tmp_path / "texts.jsonl"
-    inp.write_text("".join(json.dumps({"id": f"x{i}", "body": t}) + "\n" for i, t in enumerate(
+    inp.write_text("".join(json.dumps({"id": f"x{i}", "key": f"k{i}", "body": t}) + "\n" for i, t in enumerate(
         ["I comforted a crying stranger.", "I stole my sister's savings.", "I kept a promise that cost me."])))
     ext = tmp_path / "ext.jsonl"
     run_cli(["hives", "extract", str(inp), "--model", str(ck), "--text-field", "body", "-o", str(ext)], e,
             timeout=900, check=True)
     lines = [json.loads(x) for x in ext.read_text().splitlines()]
     assert [x["id"] for x in lines] == ["x0", "x1", "x2"]
+    run_cli(["hives", "extract", str(inp), "--model", str(ck), "--text-field", "body", "--id-field", "key",
+             "-o", str(ext)], e, timeout=900, check=True)
+    assert [json.loads(x)["id"] for x in ext.read_text().splitlines()] == ["k0", "k1", "k2"]
+    res = run_cli(["hives", "extract", str(inp), "--model", str(ck), "--text-field", "body", "--id-field", "kee"], e,
+                  timeout=900)  # a named id field must be there: an error naming the file, line and field
+    assert res.returncode != 0 and f"{inp}:1: field 'kee': missing id" in res.stderr and "Traceback" not in res.stderr
     prof = tmp_path / "profile.json"
     run_cli(["hives", "profile", str(inp), "--model", str(ck), "--top-k", "1", "--judge", "embedding",
              "--text-field", "body", "-o", str(prof)], e, timeout=900, check=True)

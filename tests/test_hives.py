@@ -558,7 +558,7 @@ def test_hives_embed_cli_through_the_queue_and_locally(env, workers, tmp_path):
     """``valueflow hives embed``: ``--queue`` through a gpu worker (the store's cache: texts it has
     embedded are not computed again), ``--local`` in the process, ``--text-field``, ``--model`` (a
     path; one that cannot be loaded is named), ``-o`` .npy or .parquet; both ways give the same
-    vectors."""
+    vectors; ``--id-field`` names the .parquet output's ids."""
     import pyarrow.parquet as pq
 
     from tests.conftest import run_cli
@@ -573,7 +573,7 @@ def test_hives_embed_cli_through_the_queue_and_locally(env, workers, tmp_path):
     env["VALUEFLOW_TORCH_THREADS"] = str(default + 1)
     workers.start(queues="gpu")
     inp = tmp_path / "in.jsonl"
-    inp.write_text("".join(json.dumps({"id": f"b{i}", "body": t}) + "\n"
+    inp.write_text("".join(json.dumps({"id": f"b{i}", "key": f"k{i}", "body": t}) + "\n"
                            for i, t in enumerate(["I kept my promise.", "I broke my promise.", "I kept my promise."])))
     q = tmp_path / "q.npy"
     res = run_cli(["hives", "embed", str(inp), "--text-field", "body", "--queue", "-o", str(q)], env, check=True,
@@ -589,6 +589,9 @@ def test_hives_embed_cli_through_the_queue_and_locally(env, workers, tmp_path):
              "-o", str(local)], env, check=True, timeout=600)
     table = pq.read_table(local).to_pydict()
     assert table["id"] == ["b0", "b1", "b2"]
+    run_cli(["hives", "embed", str(inp), "--text-field", "body", "--id-field", "key", "--local", "-o",
+             str(tmp_path / "k.parquet")], env, check=True, timeout=600)
+    assert pq.read_table(tmp_path / "k.parquet").column("id").to_pylist() == ["k0", "k1", "k2"]
     assert np.allclose(np.asarray(table["embedding"]), queued, atol=1e-5) and np.allclose(queued[0], queued[2])
     for where in ("--local", "--queue"):  # a model that cannot be loaded: one line naming it, here or on the worker
         res = run_cli(["hives", "embed", str(inp), "--text-field", "body", where, "--model", str(tmp_path / "nowhere"),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from scheduler.cli.common import ID_FIELD_HELP
+
 
 def _rows(data: Path | None, vidb_json_dir: Path | None, cross: Path | None):
     from workers.hives.data import read_rows, seed_rows, vidb_sample_rows
@@ -32,11 +34,11 @@ def _encoder(model: str | None):
         raise click.ClickException(str(exc)) from None
 
 
-def _texts(path: Path, text_field: str) -> tuple[list[str], list[str]]:
+def _texts(path: Path, text_field: str, id_field: str | None = None) -> tuple[list[str], list[str]]:
     from workers.io.inputs import InputError, read_inputs
 
     try:
-        rows = read_inputs(path, text_col=text_field)
+        rows = read_inputs(path, id_field, text_field)
     except InputError as exc:
         raise click.ClickException(str(exc)) from None
     return [r.ext_id for r in rows], [r.text for r in rows]
@@ -121,15 +123,16 @@ def _task_result(task, hint_after_s: float, patience_s: float = EMBED_PATIENCE_S
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--model", default=None)
 @click.option("--text-field", default="text", show_default=True)
+@click.option("--id-field", default=None, help=ID_FIELD_HELP + " (the .parquet output's id column)")
 @click.option("--queue/--local", "via_queue", default=False, help="run as a task on the gpu queue (cached in the store)")
 @click.option("--local-worker/--no-local-worker", default=None,
               help="with --queue: run a worker inside this command [default: on for the embedded default]")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help=".npy or .parquet")
-def hives_embed(input_path, model, text_field, via_queue, local_worker, output):
+def hives_embed(input_path, model, text_field, id_field, via_queue, local_worker, output):
     """Embed texts (locally, or through a gpu-queue worker with the store's cache)."""
     import numpy as np
 
-    ids, texts = _texts(input_path, text_field)
+    ids, texts = _texts(input_path, text_field, id_field)
     if via_queue:
         from scheduler.cli.common import celery_app, check_broker, local_worker_while, resolve_urls
         from schemas.settings import load_settings
@@ -163,12 +166,13 @@ def hives_embed(input_path, model, text_field, via_queue, local_worker, output):
 @click.option("--model", default=None)
 @click.option("--top-k", default=3, show_default=True)
 @click.option("--text-field", default="text", show_default=True)
+@click.option("--id-field", default=None, help=ID_FIELD_HELP)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="JSONL (default: stdout)")
-def hives_extract(input_path, model, top_k, text_field, output):
+def hives_extract(input_path, model, top_k, text_field, id_field, output):
     """Top-k values per theory for each text, with direction and similarity."""
     from workers.hives.extract import build_prototypes, extract
 
-    ids, texts = _texts(input_path, text_field)
+    ids, texts = _texts(input_path, text_field, id_field)
     enc = _encoder(model)
     res = extract(enc.encode(texts, progress=True), build_prototypes(enc), top_k)
     lines = [json.dumps({"id": i, "values": r}) for i, r in zip(ids, res)]

@@ -135,10 +135,11 @@ def job_options(f):
               help="VIDB items used as references, spread over the intensity range")
 @click.option("--scale", type=click.Choice(["isotonic", "minmax"]), default="isotonic", show_default=True,
               help="isotonic: map utilities on reference intensities; minmax: stretch the fitted range to [-10, 10]")
-@click.option("--chunk-size", default=256, show_default=True, type=click.IntRange(1), help="windows per task")
+@click.option("--chunk-size", default=None, type=click.IntRange(1), help="windows per task [VALUEFLOW_CHUNK_SIZE]")
 def vidb_build(corpus, value, judge, k, prior, seed, id_field, text_field, wait, local_worker, output, per_text,
                reference, max_references, scale, chunk_size) -> None:
     """Build a value's VIDB from judge rankings of CORPUS (a new version)."""
+    from schemas.settings import load_settings
     from schemas.vidb import VidbBuildSpec
     from workers.io.inputs import InputError
     from workers.io.vidb_files import read_vidb_csv
@@ -165,7 +166,7 @@ def vidb_build(corpus, value, judge, k, prior, seed, id_field, text_field, wait,
         refs = [(t, x) for t, x, _ in ref_rows]
     spec = VidbBuildSpec(input=str(corpus), value=key, judge=judge, k=k, per_text=per_text,
                          reference=None if reference is None else str(reference), max_references=max_references,
-                         scale=scale, prior=prior, seed=seed, chunk_size=chunk_size)
+                         scale=scale, prior=prior, seed=seed, chunk_size=chunk_size or load_settings().chunk_size)
     _submit(kind.KIND, spec, kind.planner(spec, rows, refs), wait, local_worker, output,
             f"build {key}, judge {judge}, k={k}, {per_text} windows per text")
 

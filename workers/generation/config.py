@@ -26,45 +26,21 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from workers.judges.config import load_judges, load_section
+from workers.llm.endpoint import Endpoint
 
 MAX_WORDS = 100  # responses are capped at about 100 words
 MAX_NEW_TOKENS = 160  # ~100 English words; the text is then cut at MAX_WORDS words
 
 
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
+class ModelConfig(Endpoint):
     kind: Literal["api", "local"]
-    model: str = ""
-    base_url: str | None = None
-    api_key_env: str | None = None
-    concurrency: int = Field(default=8, ge=1)
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
     temperature: float = Field(default=1.0, ge=0)
     max_tokens: int = Field(default=MAX_NEW_TOKENS, ge=1)
     max_words: int = Field(default=MAX_WORDS, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1)
-    batch_size: int = Field(default=16, ge=1)  # local generation batch
-    device: str | None = None
-
-    @property
-    def queue(self) -> str:
-        """API models wait on the network; local models need the accelerator."""
-        return "api" if self.kind == "api" else "gpu"
-
-    def api_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if key is None:
-            raise ValueError(f"model {self.name!r}: environment variable {self.api_key_env} is not set")
-        return key
 
 
 BUILTIN = {"smollm2": ModelConfig(name="smollm2", kind="local", model="SmolLM2-135M-Instruct")}

@@ -23,26 +23,20 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from workers.llm.endpoint import Endpoint
 
 
-class JudgeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JudgeConfig(Endpoint):
+    what: ClassVar[str] = "judge"
 
-    name: str
     kind: Literal["api", "local", "embedding"]
-    model: str = ""
-    base_url: str | None = None
-    api_key_env: str | None = None
-    concurrency: int = Field(default=8, ge=1)
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
     temperature: float = Field(default=0.0, ge=0)
     max_tokens: int = Field(default=64, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1)
     # structured output: json_schema (OpenAI, vLLM, llama.cpp's server), json_object with a schema
     # (llama-cpp-python's server), off (free text); auto tries them in that order
     structured: Literal["auto", "json_schema", "json_object", "off"] = "auto"
@@ -54,8 +48,6 @@ class JudgeConfig(BaseModel):
     system_prompt: Literal["project", "generic", "none"] = "project"
     repair: bool = True  # False: an unreadable answer fails the window, no second turn (published)
     parse: Literal["lenient", "upstream"] = "lenient"  # upstream: only the first [..] list counts
-    batch_size: int = Field(default=16, ge=1)  # local LLM generation batch
-    device: str | None = None
     encoder: str | None = None  # embedding judge: encoder path (HiVES checkpoint); None = MiniLM
     ridge_alpha: float = Field(default=1.0, gt=0)
     # embedding judge: "sentence" = the encoder's embedding of the text; "lm" = value-conditioned
@@ -64,19 +56,6 @@ class JudgeConfig(BaseModel):
     features: Literal["sentence", "lm"] = "sentence"
     lm_model: str = ""
     lm_layers: list[int] = Field(default_factory=lambda: [18, 24], min_length=1)
-
-    @property
-    def queue(self) -> str:
-        """API judges wait on the network; local models and encoders need the accelerator."""
-        return "api" if self.kind == "api" else "gpu"
-
-    def api_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if key is None:
-            raise ValueError(f"judge {self.name!r}: environment variable {self.api_key_env} is not set")
-        return key
 
 
 BUILTIN = {

@@ -10,11 +10,10 @@ remembers the first form the server took for the rest of the client's life. Unti
 at a time carries a schema (the others wait for its verdict), so a refusing server costs one
 refused request per form, not one per question of the first concurrent batch.
 
-The client reads its settings from any config object with the fields of
-:class:`workers.judges.config.JudgeConfig` that concern transport (``name``, ``model``,
+The client reads its settings from an :class:`workers.llm.endpoint.Endpoint` (``name``, ``model``,
 ``base_url``, ``api_key()``, ``concurrency``, ``requests_per_minute``, ``tokens_per_minute``,
-``timeout_s``, ``max_attempts``, ``structured``), so a judge and a generation model configured in the
-same file talk to servers the same way.
+``max_attempts``) with a ``timeout_s`` and, optionally, ``structured``: a judge and a generation
+model configured in the same file talk to servers the same way.
 """
 
 from __future__ import annotations
