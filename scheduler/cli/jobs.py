@@ -234,24 +234,35 @@ def follow_options(output_help: str | None):
 
 
 def submit_and_follow(kind, spec, plan, describe, *, wait: bool, local_worker: bool | None,
-                      output: Path | None = None, seed_vidb: bool = True, prepare=None, after=None) -> None:
+                      output: Path | None = None, seed_vidb: bool = True, prepare=None, after=None,
+                      runs=()) -> None:
     """What every job-submitting command does: submit a job of ``kind``, print ``describe(job, spec)``,
     with ``--wait`` follow it to the end (a local worker by default on the embedded servers) and
     export to ``output``; the job id is the last line printed.
 
     ``prepare(store, spec) -> spec`` completes the spec from the store (e.g. VIDB versions) and
     ``plan`` is then ``plan(spec)``; ``after(store, job_id, spec)`` runs once a waited job finished.
-    ``seed_vidb`` imports the shipped seed VIDB first (anchors for jobs that score).
+    ``seed_vidb`` imports the shipped seed VIDB first (anchors for jobs that score). ``runs``: the
+    judge and model configs the job's workers load; when this command runs the worker, one that
+    cannot be loaded here (the default SmolLM2 without the ``llm`` extra) is refused before
+    anything is stored.
     """
     from scheduler import jobs as J
     from schemas.settings import load_settings
 
     settings = load_settings()
+    if local_worker is None:
+        local_worker = settings.embedded and wait
+    if local_worker and runs:
+        from workers.judges.local_llm import missing_here
+
+        for cfg in runs:
+            if (why := missing_here(cfg)) is not None:
+                raise click.ClickException(f"{cfg.what} {cfg.name!r}: {why} (this command runs the job's worker "
+                                           f"here; --no-local-worker leaves the job to workers that have it)")
     _, broker = resolve_urls()
     app = celery_app(broker)
     check_broker(app)  # before anything is stored
-    if local_worker is None:
-        local_worker = settings.embedded and wait
 
     async def go(store):
         job_spec = spec

@@ -69,7 +69,7 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
     vals = resolve_values(values, theories)
     pins = _version_pins(vidb_pins)
     try:
-        get_judge_config(judge)
+        cfg = get_judge_config(judge)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     settings = load_settings()
@@ -107,7 +107,7 @@ def score(input_path, values, theories, judge, k, m, anchors, mode, layout, empt
     submit_and_follow(score_kind.KIND, spec, lambda s: score_kind.planner(s, itertools.chain([first], batches)),
                       lambda job, s: f"{job['n_items']} texts × {len(vals)} values × {m} windows "
                                      f"(k={k}, judge {judge}, mode {mode}, layout {s.layout})",
-                      wait=wait, local_worker=local_worker, output=output, prepare=with_versions)
+                      wait=wait, local_worker=local_worker, output=output, prepare=with_versions, runs=[cfg])
 
 
 def _version_pins(pins: tuple[str, ...]) -> dict[str, int]:

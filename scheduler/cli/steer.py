@@ -60,8 +60,7 @@ def steer(queries_path, query_field, values, theories, levels, regimes, combos, 
     vals = [v.key for v in resolve_values(values, theories)] if (values or theories) else []
     try:
         parsed_combos = [parse_combo(c) for c in combos]
-        get_model_config(model)
-        get_judge_config(judge)
+        runs = [get_model_config(model), get_judge_config(judge)]
         read_queries(queries_path, query_field)  # validated whole before the store is touched
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -78,4 +77,4 @@ def steer(queries_path, query_field, values, theories, levels, regimes, combos, 
                       lambda job, s: f"{job['n_items']} generations with {model} ({len(vals)} values × levels "
                                      f"{levels}, {len(parsed_combos)} combos, regimes {', '.join(s.regimes)}, "
                                      f"{samples} sample(s)); judge {judge}",
-                      wait=wait, local_worker=local_worker, output=output, prepare=record_vidb_view)
+                      wait=wait, local_worker=local_worker, output=output, prepare=record_vidb_view, runs=runs)

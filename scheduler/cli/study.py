@@ -108,7 +108,7 @@ def stability(judge, data, values, theories, limit, repeats, paraphrases, k, m, 
                       lambda job, s: f"study of {len(rows)} texts × {len(keys)} value(s) × {repeats * paraphrases} "
                                      f"runs ({repeats} repeats × {paraphrases} paraphrases); {job['n_windows']} "
                                      f"ranking windows (k={k}), judge {judge}",
-                      wait=wait, local_worker=local_worker, after=report, prepare=record_vidb_view)
+                      wait=wait, local_worker=local_worker, after=report, prepare=record_vidb_view, runs=[cfg])
 
 
 async def write_report(store, job_id: str, out_dir: Path) -> None:

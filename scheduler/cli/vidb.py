@@ -72,18 +72,28 @@ def _value(value: str) -> str:
 
 
 def _judge(name: str) -> str:
+    _judge_config(name)
+    return name
+
+
+def _judge_config(name: str):
+    """The config of judge ``name`` (None for a simulated judge), or a one-line error."""
     from workers.vidb.simulated_judge import is_simulated, parse_name
 
     try:
         if is_simulated(name):
             parse_name(name)
-        else:
-            from workers.judges.config import get_judge_config
+            return None
+        from workers.judges.config import get_judge_config
 
-            get_judge_config(name)
+        return get_judge_config(name)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    return name
+
+
+def _runs(judges: list[str]) -> list:
+    """The configs of the judges a job's workers load (simulated ones load nothing)."""
+    return [c for c in map(_judge_config, judges) if c is not None]
 
 
 def _corpus(path: Path, id_field: str, text_field: str):
@@ -107,7 +117,8 @@ def _submit(kind, spec, plan, wait: bool, local_worker: bool | None, output: Pat
 
     # the value's own VIDB is the subject here: the seed is not imported into it
     submit_and_follow(kind, spec, plan, lambda job, s: f"{what} ({job['n_items']} texts, {job['n_windows']} windows)",
-                      wait=wait, local_worker=local_worker, output=output, seed_vidb=False, after=show_version)
+                      wait=wait, local_worker=local_worker, output=output, seed_vidb=False, after=show_version,
+                      runs=_runs([spec.judge]))
 
 
 def job_options(f):
@@ -329,7 +340,8 @@ def vidb_audit(value, panel, min_weird, margin, items_per_chunk, wait, local_wor
     submit_and_follow(kind.KIND, spec, kind.planner(spec),
                       lambda job, s: f"audit {key}, panel {', '.join(judges)} ({job['n_items']} items, "
                                      f"{job['n_chunks']} tasks)",
-                      wait=wait, local_worker=local_worker, output=output, seed_vidb=False, after=summary)
+                      wait=wait, local_worker=local_worker, output=output, seed_vidb=False, after=summary,
+                      runs=_runs(judges))
 
 
 @vidb.command("review-export")

