@@ -31,6 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from workers.steering.stats import DELTA_MIN, RHO_MIN, mean_ci, steerability  # noqa: E402
@@ -324,7 +325,9 @@ def score_report(rows: list[dict], out: Path, job_id: str, judge: str) -> Path:
         ax.set_title(v)
         ax.set_xlabel("intensity")
         ax.set_ylabel("texts")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
         ax.set_xlim(-10, 10)
+        ax.set_xticks(range(-10, 11, 5))
         ax.legend(fontsize=8)
     fig.suptitle(f"Intensity per value, judge {judge}")
     fig.tight_layout()
