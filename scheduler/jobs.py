@@ -77,8 +77,8 @@ def stall_hint(job_id: str, seconds: float) -> str:
             f"VALUEFLOW_SWEEP_S, once lost for VALUEFLOW_STALL_WARN_S) or at once by `valueflow jobs resume {job_id}`.")
 
 
-POLL_COST_SHARE = 0.05  # a watching CLI keeps at most this share of one database core busy
-POLL_MAX_S = 15.0  # ... but looks at least this often
+POLL_COST_SHARE = 0.05  # counting a watched job's progress keeps at most this share of one database core busy
+POLL_MAX_S = 15.0  # the job's own row (cheap) is read at least this often, so its end is seen at once
 
 
 async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5,
@@ -108,43 +108,52 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not show, transient=False,
                   console=Console(stderr=True)) as bar:
         task = bar.add_task(f"job {job_id}", total=total, rate=0.0, failed=0, state="running", unit=unit)
+        count_at = every = 0.0
         while True:
-            t_poll = time.monotonic()
-            job = await store.job(job_id)
-            prog = await store.job_progress(job_id)
-            cost = time.monotonic() - t_poll
-            finished, total, now_unit = _progress(job, prog, n_stages)
-            if now_unit != unit:  # a steering job's windows appeared: count them from here
-                unit, first = now_unit, finished
-            rate = (finished - first) / max(time.monotonic() - start, 1e-9)
-            bar.update(task, completed=finished, total=total, rate=rate, failed=prog["failed"], state=job["state"],
-                       unit=unit)
-            if job["state"] in FINISHED:
-                return job["state"]
-            now = (finished, prog["failed"], sorted(prog["chunks"].items()), prog["deliveries"], job["state"])
-            if now != seen:
-                seen, moved_at, warned = now, time.monotonic(), False
-            elif not warned and time.monotonic() - moved_at >= stall_s:
-                bar.console.print(stall_hint(job_id, time.monotonic() - moved_at), style="yellow", soft_wrap=True,
-                                  markup=False)
-                warned = True
-                if on_stall is not None:
-                    try:
-                        said, again = await on_stall()
-                    except Exception as exc:  # noqa: BLE001 - reported; the watcher goes on
-                        said, again = f"resume failed: {type(exc).__name__}: {exc}", True
-                    if again:  # try again after another stall_s
-                        moved_at, warned = time.monotonic(), False
-                    bar.console.print(said, soft_wrap=True, markup=False)
+            job = await store.job(job_id)  # one row: read every POLL_MAX_S at most, so the end is seen at once
+            if job["state"] in FINISHED or time.monotonic() >= count_at:
+                # counting a job's windows costs O(windows) (a 10⁶-window job takes the database
+                # ~0.3 s, 10⁸ ~30 s): the next count waits POLL_COST_SHARE⁻¹ times as long, but at
+                # most half the stall time (a stall is still told apart from a slow count)
+                t_poll = time.monotonic()
+                prog = await store.job_progress(job_id)
+                every = min(max(poll_s, (time.monotonic() - t_poll) / POLL_COST_SHARE), max(stall_s / 2, poll_s))
+                count_at = time.monotonic() + every
+                finished, total, now_unit = _progress(job, prog, n_stages)
+                if now_unit != unit:  # a steering job's windows appeared: count them from here
+                    unit, first = now_unit, finished
+                rate = (finished - first) / max(time.monotonic() - start, 1e-9)
+                bar.update(task, completed=finished, total=total, rate=rate, failed=prog["failed"],
+                           state=job["state"], unit=unit)
+                if job["state"] in FINISHED:
+                    return job["state"]
+                now = (finished, prog["failed"], sorted(prog["chunks"].items()), prog["deliveries"], job["state"])
+                if now != seen:
+                    seen, moved_at, warned = now, time.monotonic(), False
+                elif not warned and time.monotonic() - moved_at >= stall_s:
+                    bar.console.print(stall_hint(job_id, time.monotonic() - moved_at), style="yellow",
+                                      soft_wrap=True, markup=False)
+                    warned = True
+                    if on_stall is not None:
+                        try:
+                            said, again = await on_stall()
+                        except Exception as exc:  # noqa: BLE001 - reported; the watcher goes on
+                            said, again = f"resume failed: {type(exc).__name__}: {exc}", True
+                        if again:  # try again after another stall_s
+                            moved_at, warned = time.monotonic(), False
+                        bar.console.print(said, soft_wrap=True, markup=False)
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 return job["state"]
-            # counting a job's windows costs O(windows): a poll of a 10⁶-window job takes the database
-            # ~0.3 s, so the watcher waits POLL_COST_SHARE⁻¹ times as long before the next one (at
-            # most POLL_MAX_S, and never past the timeout)
-            delay = min(max(poll_s, cost / POLL_COST_SHARE), POLL_MAX_S)
-            if timeout_s is not None:
-                delay = min(delay, max(0.0, start + timeout_s - time.monotonic()))
-            await asyncio.sleep(delay)
+            await asyncio.sleep(_until(min(every, POLL_MAX_S), count_at, start, timeout_s))
+
+
+def _until(step: float, count_at: float, start: float, timeout_s: float | None) -> float:
+    """How long a watcher sleeps: ``step``, but not past the next count or the timeout."""
+    now = time.monotonic()
+    delay = max(0.0, min(step, count_at - now))
+    if timeout_s is not None:
+        delay = min(delay, max(0.0, start + timeout_s - now))
+    return delay
 
 
 async def status(store: Store, job_id: str) -> dict[str, Any]:

@@ -492,6 +492,43 @@ def test_waiting_on_a_job_polls_less_often_when_counting_its_windows_is_slow(pg_
     assert 5.0 <= took < 5.0 + 1.0
 
 
+def test_a_watcher_counting_slowly_still_sees_the_job_end_at_once(pg_url, monkeypatch):
+    """Between two slow counts of a job's windows the watcher reads the job's row (cheap) every
+    POLL_MAX_S: a job that finishes is seen then (and counted once more), not a count interval later."""
+    from scheduler import jobs as J
+
+    monkeypatch.setattr(J, "POLL_MAX_S", 0.3)
+
+    async def go():
+        store = await open_test_store(pg_url)
+        try:
+            await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ('w2', 'score', '{}', 'running')")
+            calls = []
+            real = store.job_progress
+
+            async def slow_progress(job_id):  # 0.1 s a count: the next one 2 s later
+                calls.append(time.monotonic())
+                await asyncio.sleep(0.1)
+                return await real(job_id)
+
+            async def finish_soon():
+                await asyncio.sleep(0.8)
+                await store.pool.execute("UPDATE jobs SET state = 'done' WHERE id = 'w2'")
+                return time.monotonic()
+
+            store.job_progress = slow_progress
+            finisher = asyncio.create_task(finish_soon())
+            state = await J.wait(store, "w2", show=False, poll_s=0.01, timeout_s=30.0)
+            return state, calls, time.monotonic() - await finisher
+        finally:
+            await store.close()
+
+    state, calls, seen_after = asyncio.run(go())
+    assert state == "done"
+    assert seen_after < 0.3 + 0.1 + 0.5  # one row-read interval, the final count, a loaded machine's margin
+    assert len(calls) == 3  # before the loop, its first count, the final count: none in between
+
+
 def test_errors_that_would_repeat_fail_the_chunk_or_the_job_and_transient_ones_are_retried(pg_url, monkeypatch):
     """A stage or finalize error that no retry can cure (a constraint violation, a bug) fails the
     chunk or the job at once, with the error, instead of being retried for minutes and leaving the

@@ -52,6 +52,8 @@ def vidb_import(paths, value) -> None:
 
 @vidb.command("stats")
 def vidb_stats() -> None:
+    """Items per value in the VIDB (the shipped seed is imported first, as scoring does)."""
+
     async def go(store):
         from workers.io.vidb_files import ensure_seed
 
