@@ -458,37 +458,48 @@ def test_resources_run_their_load_hook_once_per_new_object_and_freeze_heap_freez
         runtime.reset()
 
 
-def test_waiting_on_a_job_polls_less_often_when_counting_its_windows_is_slow(pg_url):
-    """`--wait` counts the job's windows at every poll (O(windows)); a watcher must not keep the
-    database busy counting: it waits 1/POLL_COST_SHARE times a poll's cost before the next one."""
-    from scheduler import jobs as J
+def _watch_with_slow_counts(pg_url, job_id: str, watch):
+    """``watch(store)`` run against a running job ``job_id`` whose window count takes 0.1 s (as if it
+    had millions of windows); returns what it returned and when each count began."""
 
     async def go():
         store = await open_test_store(pg_url)
         try:
-            await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ('w1', 'score', '{}', 'running')")
+            await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ($1, 'score', '{}', 'running')",
+                                     job_id)
             calls = []
             real = store.job_progress
 
-            async def slow_progress(job_id):  # as if the job had millions of windows
+            async def slow_progress(jid):
                 calls.append(time.monotonic())
                 await asyncio.sleep(0.1)
-                return await real(job_id)
+                return await real(jid)
 
             store.job_progress = slow_progress
-            t0 = time.monotonic()
-            state = await J.wait(store, "w1", show=False, poll_s=0.01, timeout_s=5.0)
-            return state, calls, time.monotonic() - t0
+            return await watch(store), calls
         finally:
             await store.close()
 
-    state, calls, took = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_waiting_on_a_job_polls_less_often_when_counting_its_windows_is_slow(pg_url):
+    """`--wait` counts the job's windows (O(windows)); a watcher must not keep the database busy
+    counting: it waits 1/POLL_COST_SHARE times a count's cost before the next one."""
+    from scheduler import jobs as J
+
+    async def watch(store):
+        t0 = time.monotonic()
+        state = await J.wait(store, "w1", show=False, poll_s=0.01, timeout_s=5.0)
+        return state, time.monotonic() - t0
+
+    (state, took), calls = _watch_with_slow_counts(pg_url, "w1", watch)
     assert state == "running"
-    gaps = [b - a for a, b in zip(calls[1:], calls[2:])]  # between polls of the loop
+    gaps = [b - a for a, b in zip(calls[1:], calls[2:])]  # between counts of the loop
     assert gaps[0] >= 0.1 / J.POLL_COST_SHARE * 0.9  # ≥ 2 s apart, not 0.01 s + 0.1 s
     assert len(calls) <= 5
     # the last wait is cut to the timeout, not a full interval (≥ 2 s) past it; the 1 s margin is for
-    # a loaded machine (the last poll's 0.1 s, closing the store)
+    # a loaded machine (the last count's 0.1 s)
     assert 5.0 <= took < 5.0 + 1.0
 
 
@@ -499,34 +510,20 @@ def test_a_watcher_counting_slowly_still_sees_the_job_end_at_once(pg_url, monkey
 
     monkeypatch.setattr(J, "POLL_MAX_S", 0.3)
 
-    async def go():
-        store = await open_test_store(pg_url)
-        try:
-            await store.pool.execute("INSERT INTO jobs (id, kind, spec, state) VALUES ('w2', 'score', '{}', 'running')")
-            calls = []
-            real = store.job_progress
+    async def watch(store):
+        async def finish_soon():
+            await asyncio.sleep(0.8)
+            await store.pool.execute("UPDATE jobs SET state = 'done' WHERE id = 'w2'")
+            return time.monotonic()
 
-            async def slow_progress(job_id):  # 0.1 s a count: the next one 2 s later
-                calls.append(time.monotonic())
-                await asyncio.sleep(0.1)
-                return await real(job_id)
+        finisher = asyncio.create_task(finish_soon())
+        state = await J.wait(store, "w2", show=False, poll_s=0.01, timeout_s=30.0)
+        return state, time.monotonic() - await finisher
 
-            async def finish_soon():
-                await asyncio.sleep(0.8)
-                await store.pool.execute("UPDATE jobs SET state = 'done' WHERE id = 'w2'")
-                return time.monotonic()
-
-            store.job_progress = slow_progress
-            finisher = asyncio.create_task(finish_soon())
-            state = await J.wait(store, "w2", show=False, poll_s=0.01, timeout_s=30.0)
-            return state, calls, time.monotonic() - await finisher
-        finally:
-            await store.close()
-
-    state, calls, seen_after = asyncio.run(go())
+    (state, seen_after), calls = _watch_with_slow_counts(pg_url, "w2", watch)
     assert state == "done"
     assert seen_after < 0.3 + 0.1 + 0.5  # one row-read interval, the final count, a loaded machine's margin
-    assert len(calls) == 3  # before the loop, its first count, the final count: none in between
+    assert len(calls) == 3  # before the loop, its first count (2 s to the next), the final count
 
 
 def test_errors_that_would_repeat_fail_the_chunk_or_the_job_and_transient_ones_are_retried(pg_url, monkeypatch):
