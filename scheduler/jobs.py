@@ -108,7 +108,7 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not show, transient=False,
                   console=Console(stderr=True)) as bar:
         task = bar.add_task(f"job {job_id}", total=total, rate=0.0, failed=0, state="running", unit=unit)
-        count_at = every = 0.0
+        count_at = 0.0
         while True:
             job = await store.job(job_id)  # one row: read every POLL_MAX_S at most, so the end is seen at once
             if job["state"] in FINISHED or time.monotonic() >= count_at:
@@ -144,7 +144,7 @@ async def wait(store: Store, job_id: str, show: bool = True, poll_s: float = 0.5
                         bar.console.print(said, soft_wrap=True, markup=False)
             if timeout_s is not None and time.monotonic() - start > timeout_s:
                 return job["state"]
-            await asyncio.sleep(_until(min(every, POLL_MAX_S), count_at, start, timeout_s))
+            await asyncio.sleep(_until(POLL_MAX_S, count_at, start, timeout_s))
 
 
 def _until(step: float, count_at: float, start: float, timeout_s: float | None) -> float:

@@ -101,6 +101,13 @@ def spawn_worker(queues: str = "default,gpu,api,refit", concurrency: int = 1, lo
             out.close()  # the worker has its own copy
 
 
+def default_local_worker(flag: bool | None) -> bool:
+    """``--local-worker/--no-local-worker`` as given, else on for the embedded default."""
+    from schemas.settings import load_settings
+
+    return load_settings().embedded if flag is None else flag
+
+
 @contextlib.contextmanager
 def local_worker_while(enabled: bool):
     """A worker subprocess (logging to ``VALUEFLOW_HOME/worker.log``) for the duration of the block,

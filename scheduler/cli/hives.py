@@ -134,7 +134,8 @@ def hives_embed(input_path, model, text_field, id_field, via_queue, local_worker
 
     ids, texts = _texts(input_path, text_field, id_field)
     if via_queue:
-        from scheduler.cli.common import celery_app, check_broker, local_worker_while, resolve_urls
+        from scheduler.cli.common import (celery_app, check_broker, default_local_worker, local_worker_while,
+                                          resolve_urls)
         from schemas.settings import load_settings
         from workers.tasks.app import sent_now
 
@@ -142,7 +143,7 @@ def hives_embed(input_path, model, text_field, id_field, via_queue, local_worker
         _, broker = resolve_urls()
         app = celery_app(broker)
         check_broker(app)
-        with local_worker_while(settings.embedded if local_worker is None else local_worker):
+        with local_worker_while(default_local_worker(local_worker)):
             task = app.send_task("valueflow.gpu.embed", kwargs={"texts": texts, "model": model}, queue="gpu",
                                  ignore_result=False, headers=sent_now())
             res = _task_result(task, settings.stall_warn_s)

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from scheduler.cli.common import (celery_app, check_broker, console, local_worker_while, resolve_urls,
-                                  run_with_store)
+from scheduler.cli.common import (celery_app, check_broker, console, default_local_worker, local_worker_while,
+                                  resolve_urls, run_with_store)
 
 
 @click.group()
@@ -101,13 +101,11 @@ def jobs_status(job_id: str, wait: bool, as_json: bool) -> None:
               help="run a worker inside this command while waiting [default: on for the embedded default]")
 def jobs_wait(job_id: str, timeout: float | None, resume_stalled: bool, local_worker: bool | None) -> None:
     """Block until the job finishes; exit 1 if it failed or was cancelled."""
-    from schemas.settings import load_settings
-
-    if local_worker is None:
-        local_worker = load_settings().embedded
+    local_worker = default_local_worker(local_worker)
 
     async def go(store):
         from scheduler import jobs as J
+        from schemas.settings import load_settings
         from schemas.states import FINISHED
         from workers.tasks.sweeper import resend_lost
 
@@ -248,12 +246,9 @@ def submit_and_follow(kind, spec, plan, describe, *, wait: bool, local_worker: b
     anything is stored.
     """
     from scheduler import jobs as J
-    from schemas.settings import load_settings
 
-    settings = load_settings()
-    if local_worker is None:
-        local_worker = settings.embedded and wait
-    if local_worker and wait and runs:  # without --wait no worker runs here
+    local_worker = wait and default_local_worker(local_worker)  # without --wait no worker runs here
+    if local_worker and runs:
         from workers.llm.smollm2 import missing_here
 
         for cfg in runs:
